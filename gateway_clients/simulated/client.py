@@ -1,0 +1,310 @@
+"""Clients of the simulated gateway that implement ``PaymentGateway``.
+
+* ``SimulatedGatewayClient`` talks HTTP to ``gateway_clients.simulated.server`` via httpx
+  (transport and timeout injected).
+* ``InProcessSimulatedGateway`` calls a ``SimulatedGatewayEngine`` directly, for unit tests and
+  benchmarks; it only sleeps when asked to.
+
+Both hand every answer to the same pure translator, so errors are classified in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Final, Self
+
+import httpx
+
+from gateway_clients.protocol import (
+    GatewayNotification,
+    GatewayResult,
+    OutcomeUnknownError,
+    PermanentGatewayError,
+    RetryableGatewayError,
+)
+from gateway_clients.simulated.engine import (
+    Delivery,
+    EngineResponse,
+    SimulatedGatewayEngine,
+)
+from gateway_clients.simulated.translator import (
+    REPLAYED_HEADER,
+    SHOULD_RETRY_HEADER,
+    translate_response,
+)
+from gateway_clients.simulated.webhooks import (
+    DEFAULT_TOLERANCE_S,
+    parse_verified_webhook,
+)
+
+__all__ = [
+    "InProcessSimulatedGateway",
+    "SimulatedGatewayClient",
+]
+
+# Raised before a single byte of the request left: nothing can have been charged.
+_NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class SimulatedGatewayClient:
+    """``PaymentGateway`` over HTTP to the simulated gateway server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        webhook_secrets: Sequence[str] = (),
+        webhook_tolerance_s: int = DEFAULT_TOLERANCE_S,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            headers={"User-Agent": "paystream-gateway-client"},
+        )
+        self._webhook_secrets = tuple(webhook_secrets)
+        self._webhook_tolerance_s = webhook_tolerance_s
+
+    @property
+    def gateway_name(self) -> str:
+        return "simulated"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def authorize(
+        self,
+        *,
+        payment_id: str,
+        amount: int,
+        currency: str,
+        payment_method_token: str,
+        capture: bool,
+        idempotency_key: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> GatewayResult:
+        body = {
+            "payment_id": payment_id,
+            "amount": amount,
+            "currency": currency,
+            "payment_method": payment_method_token,
+            "capture": capture,
+            "metadata": {**(metadata or {}), "payment_id": payment_id},
+        }
+        return await self._send("POST", "/v1/payments", body, idempotency_key)
+
+    async def capture(
+        self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str
+    ) -> GatewayResult:
+        body = {"amount": amount, "currency": currency}
+        return await self._send(
+            "POST", f"/v1/payments/{_path(gateway_ref)}/capture", body, idempotency_key)
+
+    async def cancel(self, *, gateway_ref: str, idempotency_key: str) -> GatewayResult:
+        return await self._send(
+            "POST", f"/v1/payments/{_path(gateway_ref)}/cancel", {}, idempotency_key)
+
+    async def refund(
+        self,
+        *,
+        gateway_ref: str,
+        refund_id: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+    ) -> GatewayResult:
+        body = {"refund_id": refund_id, "amount": amount, "currency": currency}
+        return await self._send(
+            "POST", f"/v1/payments/{_path(gateway_ref)}/refunds", body, idempotency_key)
+
+    async def retrieve(
+        self, *, gateway_ref: str | None = None, idempotency_key: str | None = None
+    ) -> GatewayResult:
+        if gateway_ref is not None:
+            return await self._send("GET", f"/v1/payments/{_path(gateway_ref)}", None, None)
+        if idempotency_key is not None:
+            return await self._send(
+                "GET", "/v1/lookup", None, None, params={"idempotency_key": idempotency_key})
+        raise ValueError("retrieve needs gateway_ref or idempotency_key")
+
+    def verify_and_parse(
+        self, raw_body: bytes, headers: Mapping[str, str], now: int
+    ) -> GatewayNotification:
+        return parse_verified_webhook(
+            raw_body, headers, now=now, secrets=self._webhook_secrets,
+            tolerance_s=self._webhook_tolerance_s)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, object] | None,
+        idempotency_key: str | None,
+        *,
+        params: Mapping[str, str] | None = None,
+    ) -> GatewayResult:
+        mutating = method != "GET"
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(
+                method, path, json=body, headers=headers, params=params)
+        except _NOT_SENT_ERRORS as exc:
+            raise RetryableGatewayError(
+                f"request not sent: {type(exc).__name__}: {exc}",
+                idempotency_key=idempotency_key) from exc
+        except httpx.TransportError as exc:
+            # Sent (at least partly), but no usable answer: the gateway may have acted on it.
+            cls = OutcomeUnknownError if mutating else RetryableGatewayError
+            raise cls(f"no response: {type(exc).__name__}: {exc}",
+                      idempotency_key=idempotency_key) from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            decoded = response.json() if response.content else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            decoded = None
+        return translate_response(
+            response.status_code,
+            decoded if isinstance(decoded, dict) else None,
+            should_retry=response.headers.get(SHOULD_RETRY_HEADER, "").lower() == "true",
+            mutating=mutating,
+            latency_ms=latency_ms,
+            replayed=response.headers.get(REPLAYED_HEADER, "").lower() == "true",
+            idempotency_key=idempotency_key,
+        )
+
+
+class InProcessSimulatedGateway:
+    """``PaymentGateway`` straight on an engine: no network, sleeps only if ``sleep=True``.
+
+    The engine's delivery instructions are honoured: a response delayed past ``timeout_s`` or a
+    dropped connection raises ``OutcomeUnknownError`` (after the engine has processed it, just
+    like the HTTP server).
+    """
+
+    def __init__(
+        self,
+        engine: SimulatedGatewayEngine,
+        *,
+        timeout_s: float = 10.0,
+        sleep: bool = False,
+        webhook_secrets: Sequence[str] = (),
+        webhook_tolerance_s: int = DEFAULT_TOLERANCE_S,
+    ) -> None:
+        self.engine = engine
+        self._timeout_ms = timeout_s * 1000.0
+        self._sleep = sleep
+        self._webhook_secrets = tuple(webhook_secrets)
+        self._webhook_tolerance_s = webhook_tolerance_s
+
+    @property
+    def gateway_name(self) -> str:
+        return "simulated"
+
+    async def authorize(
+        self,
+        *,
+        payment_id: str,
+        amount: int,
+        currency: str,
+        payment_method_token: str,
+        capture: bool,
+        idempotency_key: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> GatewayResult:
+        response = self.engine.authorize(
+            payment_id=payment_id, amount=amount, currency=currency,
+            payment_method_token=payment_method_token, capture=capture,
+            idempotency_key=idempotency_key, metadata=metadata)
+        return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
+
+    async def capture(
+        self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str
+    ) -> GatewayResult:
+        response = self.engine.capture(
+            gateway_ref=gateway_ref, amount=amount, currency=currency,
+            idempotency_key=idempotency_key)
+        return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
+
+    async def cancel(self, *, gateway_ref: str, idempotency_key: str) -> GatewayResult:
+        response = self.engine.cancel(gateway_ref=gateway_ref, idempotency_key=idempotency_key)
+        return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
+
+    async def refund(
+        self,
+        *,
+        gateway_ref: str,
+        refund_id: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+    ) -> GatewayResult:
+        response = self.engine.refund(
+            gateway_ref=gateway_ref, refund_id=refund_id, amount=amount, currency=currency,
+            idempotency_key=idempotency_key)
+        return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
+
+    async def retrieve(
+        self, *, gateway_ref: str | None = None, idempotency_key: str | None = None
+    ) -> GatewayResult:
+        if gateway_ref is not None:
+            response = self.engine.get_payment(gateway_ref)
+        elif idempotency_key is not None:
+            response = self.engine.lookup(idempotency_key)
+        else:
+            raise ValueError("retrieve needs gateway_ref or idempotency_key")
+        return await self._deliver(response, mutating=False, idempotency_key=None)
+
+    def verify_and_parse(
+        self, raw_body: bytes, headers: Mapping[str, str], now: int
+    ) -> GatewayNotification:
+        return parse_verified_webhook(
+            raw_body, headers, now=now, secrets=self._webhook_secrets,
+            tolerance_s=self._webhook_tolerance_s)
+
+    async def _deliver(
+        self, response: EngineResponse, *, mutating: bool, idempotency_key: str | None
+    ) -> GatewayResult:
+        if response.delay_ms >= self._timeout_ms:
+            if self._sleep:
+                await asyncio.sleep(self._timeout_ms / 1000.0)
+            cls = OutcomeUnknownError if mutating else RetryableGatewayError
+            raise cls("timed out waiting for the gateway", idempotency_key=idempotency_key)
+        if self._sleep and response.delay_ms > 0:
+            await asyncio.sleep(response.delay_ms / 1000.0)
+        if response.delivery is Delivery.DROP:
+            raise OutcomeUnknownError(
+                "connection dropped before the response", idempotency_key=idempotency_key)
+        return translate_response(
+            response.status_code,
+            response.body,
+            should_retry=response.should_retry,
+            mutating=mutating,
+            latency_ms=response.delay_ms,
+            replayed=response.replayed,
+            idempotency_key=idempotency_key,
+        )
+
+
+def _path(segment: str) -> str:
+    """Refuse references that would change the URL path (they come from outside)."""
+    if not segment or "/" in segment or "?" in segment or "#" in segment or ".." in segment:
+        raise PermanentGatewayError(f"invalid gateway reference {segment!r}")
+    return segment
