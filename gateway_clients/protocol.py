@@ -192,9 +192,7 @@ class PaymentGateway(Protocol):
         """Authorize (``capture=False``) or purchase (``capture=True``) ``amount``."""
         ...
 
-    async def capture(
-        self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str
-    ) -> GatewayResult:
+    async def capture(self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str) -> GatewayResult:
         """Capture ``amount`` (≤ authorized) of an authorization; the remainder is released."""
         ...
 
@@ -214,18 +212,14 @@ class PaymentGateway(Protocol):
         """Refund ``amount`` of a captured payment (may be called several times, partially)."""
         ...
 
-    async def retrieve(
-        self, *, gateway_ref: str | None = None, idempotency_key: str | None = None
-    ) -> GatewayResult:
+    async def retrieve(self, *, gateway_ref: str | None = None, idempotency_key: str | None = None) -> GatewayResult:
         """Current state of a payment, by reference or by the key of an earlier request.
 
         Raises ``ChargeNotFoundError`` when nothing was charged under the key.
         """
         ...
 
-    def verify_and_parse(
-        self, raw_body: bytes, headers: Mapping[str, str], now: int
-    ) -> GatewayNotification:
+    def verify_and_parse(self, raw_body: bytes, headers: Mapping[str, str], now: int) -> GatewayNotification:
         """Verify a webhook's signature on the raw bytes, then parse it.
 
         Raises ``InvalidWebhookError`` when the signature or the payload is not acceptable.

@@ -110,16 +110,12 @@ class SimulatedGatewayClient:
         }
         return await self._send("POST", "/v1/payments", body, idempotency_key)
 
-    async def capture(
-        self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str
-    ) -> GatewayResult:
+    async def capture(self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str) -> GatewayResult:
         body = {"amount": amount, "currency": currency}
-        return await self._send(
-            "POST", f"/v1/payments/{_path(gateway_ref)}/capture", body, idempotency_key)
+        return await self._send("POST", f"/v1/payments/{_path(gateway_ref)}/capture", body, idempotency_key)
 
     async def cancel(self, *, gateway_ref: str, idempotency_key: str) -> GatewayResult:
-        return await self._send(
-            "POST", f"/v1/payments/{_path(gateway_ref)}/cancel", {}, idempotency_key)
+        return await self._send("POST", f"/v1/payments/{_path(gateway_ref)}/cancel", {}, idempotency_key)
 
     async def refund(
         self,
@@ -131,25 +127,19 @@ class SimulatedGatewayClient:
         idempotency_key: str,
     ) -> GatewayResult:
         body = {"refund_id": refund_id, "amount": amount, "currency": currency}
-        return await self._send(
-            "POST", f"/v1/payments/{_path(gateway_ref)}/refunds", body, idempotency_key)
+        return await self._send("POST", f"/v1/payments/{_path(gateway_ref)}/refunds", body, idempotency_key)
 
-    async def retrieve(
-        self, *, gateway_ref: str | None = None, idempotency_key: str | None = None
-    ) -> GatewayResult:
+    async def retrieve(self, *, gateway_ref: str | None = None, idempotency_key: str | None = None) -> GatewayResult:
         if gateway_ref is not None:
             return await self._send("GET", f"/v1/payments/{_path(gateway_ref)}", None, None)
         if idempotency_key is not None:
-            return await self._send(
-                "GET", "/v1/lookup", None, None, params={"idempotency_key": idempotency_key})
+            return await self._send("GET", "/v1/lookup", None, None, params={"idempotency_key": idempotency_key})
         raise ValueError("retrieve needs gateway_ref or idempotency_key")
 
-    def verify_and_parse(
-        self, raw_body: bytes, headers: Mapping[str, str], now: int
-    ) -> GatewayNotification:
+    def verify_and_parse(self, raw_body: bytes, headers: Mapping[str, str], now: int) -> GatewayNotification:
         return parse_verified_webhook(
-            raw_body, headers, now=now, secrets=self._webhook_secrets,
-            tolerance_s=self._webhook_tolerance_s)
+            raw_body, headers, now=now, secrets=self._webhook_secrets, tolerance_s=self._webhook_tolerance_s
+        )
 
     async def _send(
         self,
@@ -164,17 +154,15 @@ class SimulatedGatewayClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         started = time.perf_counter()
         try:
-            response = await self._http.request(
-                method, path, json=body, headers=headers, params=params)
+            response = await self._http.request(method, path, json=body, headers=headers, params=params)
         except _NOT_SENT_ERRORS as exc:
             raise RetryableGatewayError(
-                f"request not sent: {type(exc).__name__}: {exc}",
-                idempotency_key=idempotency_key) from exc
+                f"request not sent: {type(exc).__name__}: {exc}", idempotency_key=idempotency_key
+            ) from exc
         except httpx.TransportError as exc:
             # Sent (at least partly), but no usable answer: the gateway may have acted on it.
             cls = OutcomeUnknownError if mutating else RetryableGatewayError
-            raise cls(f"no response: {type(exc).__name__}: {exc}",
-                      idempotency_key=idempotency_key) from exc
+            raise cls(f"no response: {type(exc).__name__}: {exc}", idempotency_key=idempotency_key) from exc
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
             decoded = response.json() if response.content else None
@@ -196,7 +184,7 @@ class InProcessSimulatedGateway:
 
     The engine's delivery instructions are honoured: a response delayed past ``timeout_s`` or a
     dropped connection raises ``OutcomeUnknownError`` (after the engine has processed it, just
-    like the HTTP server).
+    like the HTTP server). ``latency_ms`` in results is the simulated latency, slept or not.
     """
 
     def __init__(
@@ -230,17 +218,20 @@ class InProcessSimulatedGateway:
         metadata: Mapping[str, str] | None = None,
     ) -> GatewayResult:
         response = self.engine.authorize(
-            payment_id=payment_id, amount=amount, currency=currency,
-            payment_method_token=payment_method_token, capture=capture,
-            idempotency_key=idempotency_key, metadata=metadata)
+            payment_id=payment_id,
+            amount=amount,
+            currency=currency,
+            payment_method_token=payment_method_token,
+            capture=capture,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+        )
         return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
 
-    async def capture(
-        self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str
-    ) -> GatewayResult:
+    async def capture(self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str) -> GatewayResult:
         response = self.engine.capture(
-            gateway_ref=gateway_ref, amount=amount, currency=currency,
-            idempotency_key=idempotency_key)
+            gateway_ref=gateway_ref, amount=amount, currency=currency, idempotency_key=idempotency_key
+        )
         return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
 
     async def cancel(self, *, gateway_ref: str, idempotency_key: str) -> GatewayResult:
@@ -257,13 +248,15 @@ class InProcessSimulatedGateway:
         idempotency_key: str,
     ) -> GatewayResult:
         response = self.engine.refund(
-            gateway_ref=gateway_ref, refund_id=refund_id, amount=amount, currency=currency,
-            idempotency_key=idempotency_key)
+            gateway_ref=gateway_ref,
+            refund_id=refund_id,
+            amount=amount,
+            currency=currency,
+            idempotency_key=idempotency_key,
+        )
         return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
 
-    async def retrieve(
-        self, *, gateway_ref: str | None = None, idempotency_key: str | None = None
-    ) -> GatewayResult:
+    async def retrieve(self, *, gateway_ref: str | None = None, idempotency_key: str | None = None) -> GatewayResult:
         if gateway_ref is not None:
             response = self.engine.get_payment(gateway_ref)
         elif idempotency_key is not None:
@@ -272,16 +265,12 @@ class InProcessSimulatedGateway:
             raise ValueError("retrieve needs gateway_ref or idempotency_key")
         return await self._deliver(response, mutating=False, idempotency_key=None)
 
-    def verify_and_parse(
-        self, raw_body: bytes, headers: Mapping[str, str], now: int
-    ) -> GatewayNotification:
+    def verify_and_parse(self, raw_body: bytes, headers: Mapping[str, str], now: int) -> GatewayNotification:
         return parse_verified_webhook(
-            raw_body, headers, now=now, secrets=self._webhook_secrets,
-            tolerance_s=self._webhook_tolerance_s)
+            raw_body, headers, now=now, secrets=self._webhook_secrets, tolerance_s=self._webhook_tolerance_s
+        )
 
-    async def _deliver(
-        self, response: EngineResponse, *, mutating: bool, idempotency_key: str | None
-    ) -> GatewayResult:
+    async def _deliver(self, response: EngineResponse, *, mutating: bool, idempotency_key: str | None) -> GatewayResult:
         if response.delay_ms >= self._timeout_ms:
             if self._sleep:
                 await asyncio.sleep(self._timeout_ms / 1000.0)
@@ -290,8 +279,7 @@ class InProcessSimulatedGateway:
         if self._sleep and response.delay_ms > 0:
             await asyncio.sleep(response.delay_ms / 1000.0)
         if response.delivery is Delivery.DROP:
-            raise OutcomeUnknownError(
-                "connection dropped before the response", idempotency_key=idempotency_key)
+            raise OutcomeUnknownError("connection dropped before the response", idempotency_key=idempotency_key)
         return translate_response(
             response.status_code,
             response.body,

@@ -26,7 +26,8 @@ token                                  amount%100   outcome
 ``tok_5xx``                            59           500, nothing charged (stored, replayed)
 ``tok_slow``                           60           approved, response delayed ``slow_ms``
 ``tok_refund_fail``                                 approved; every refund on it fails
-anything else (e.g. a digit run)                    400 ``invalid_payment_method``
+a 12+ digit run (card data)                         400 ``raw_card_data_rejected``, not stored
+anything else                                       400 ``invalid_payment_method``
 =====================================  ===========  =========================================
 
 Idempotency follows Stripe: the first response for a key is stored (declines and 5xx
@@ -41,6 +42,7 @@ import dataclasses
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -111,6 +113,7 @@ AMOUNT_TRIGGERS: Final[Mapping[int, Outcome]] = {
     60: TOKEN_OUTCOMES["tok_slow"],
 }
 
+_MAX_PENDING_EVENTS: Final = 100_000
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _TOKEN_RE = re.compile(r"^(tok|pm)_[A-Za-z0-9_]{1,100}$")
 _DIGIT_RUN_RE = re.compile(r"\d{12,}")
@@ -233,7 +236,9 @@ class SimulatedGatewayEngine:
         self.public_base_url = public_base_url.rstrip("/")
         self._charges: dict[str, _Charge] = {}
         self._idempotency: dict[str, _IdempotencyRecord] = {}
-        self._events: list[JsonDict] = []
+        # Bounded so an in-process engine nobody drains (benchmarks) cannot grow without end;
+        # the server drains after every request, far below the bound.
+        self._events: deque[JsonDict] = deque(maxlen=_MAX_PENDING_EVENTS)
         self._ref_counter = 0
         self._refund_counter = 0
         self._event_counter = 0
@@ -281,20 +286,24 @@ class SimulatedGatewayEngine:
         metadata: Mapping[str, str] | None = None,
     ) -> EngineResponse:
         invalid = (
-            _require_key(idempotency_key)
-            or _require_text("payment_id", payment_id)
-            or _check_money(amount, currency)
+            _require_key(idempotency_key) or _require_text("payment_id", payment_id) or _check_money(amount, currency)
         )
         if invalid:
             return invalid
         if _DIGIT_RUN_RE.search(payment_method_token):
             # A raw card number must never reach us (nor be echoed back): reject without detail.
-            return _error(400, "invalid_request_error", "raw_card_data_rejected",
-                          "send a payment method token, never card data")
+            return _error(
+                400, "invalid_request_error", "raw_card_data_rejected", "send a payment method token, never card data"
+            )
         meta = dict(metadata or {})
         meta["payment_id"] = payment_id
         fingerprint: tuple[object, ...] = (
-            "authorize", payment_id, amount, currency, payment_method_token, capture,
+            "authorize",
+            payment_id,
+            amount,
+            currency,
+            payment_method_token,
+            capture,
             tuple(sorted(meta.items())),
         )
         replay = self._replay(idempotency_key, fingerprint)
@@ -303,9 +312,13 @@ class SimulatedGatewayEngine:
 
         outcome = self._outcome_for(payment_method_token, amount)
         if outcome is None:
-            return self._store(idempotency_key, fingerprint, "authorize", None, _error(
-                400, "invalid_request_error", "invalid_payment_method",
-                "unknown payment method token"))
+            return self._store(
+                idempotency_key,
+                fingerprint,
+                "authorize",
+                None,
+                _error(400, "invalid_request_error", "invalid_payment_method", "unknown payment method token"),
+            )
         if outcome.scenario is Scenario.SERVER_ERROR or self._roll(self._config.error_5xx_rate):
             return self._store(idempotency_key, fingerprint, "authorize", None, _server_error())
 
@@ -364,17 +377,29 @@ class SimulatedGatewayEngine:
         charge.idempotency_keys.append(idempotency_key)
         to_capture = charge.amount_authorized if amount is None else amount
         if charge.status != "authorized":
-            response = _error(400, "invalid_request_error", "payment_unexpected_state",
-                              f"cannot capture a payment in status {charge.status}",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "payment_unexpected_state",
+                f"cannot capture a payment in status {charge.status}",
+                self._payment_json(charge),
+            )
         elif currency is not None and currency != charge.currency:
-            response = _error(400, "invalid_request_error", "currency_mismatch",
-                              "capture currency differs from the authorization",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "currency_mismatch",
+                "capture currency differs from the authorization",
+                self._payment_json(charge),
+            )
         elif to_capture > charge.amount_authorized:
-            response = _error(400, "invalid_request_error", "amount_too_large",
-                              "capture amount exceeds the authorized amount",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "amount_too_large",
+                "capture amount exceeds the authorized amount",
+                self._payment_json(charge),
+            )
         else:
             charge.amount_captured = to_capture  # the remainder is released
             charge.status = "succeeded"
@@ -402,9 +427,13 @@ class SimulatedGatewayEngine:
             self._emit("payment.canceled", charge)
             response = EngineResponse(200, self._payment_json(charge))
         else:
-            response = _error(400, "invalid_request_error", "payment_unexpected_state",
-                              f"cannot cancel a payment in status {charge.status}",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "payment_unexpected_state",
+                f"cannot cancel a payment in status {charge.status}",
+                self._payment_json(charge),
+            )
         stored = self._store(idempotency_key, fingerprint, "cancel", gateway_ref, response)
         return self._with_delivery(stored, APPROVE)
 
@@ -435,21 +464,37 @@ class SimulatedGatewayEngine:
         refundable = charge.amount_captured - charge.amount_refunded
         to_refund = refundable if amount is None else amount
         if charge.status not in ("succeeded", "partially_refunded"):
-            response = _error(400, "invalid_request_error", "payment_unexpected_state",
-                              f"cannot refund a payment in status {charge.status}",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "payment_unexpected_state",
+                f"cannot refund a payment in status {charge.status}",
+                self._payment_json(charge),
+            )
         elif currency is not None and currency != charge.currency:
-            response = _error(400, "invalid_request_error", "currency_mismatch",
-                              "refund currency differs from the payment",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "currency_mismatch",
+                "refund currency differs from the payment",
+                self._payment_json(charge),
+            )
         elif any(r.refund_id == refund_id for r in charge.refunds):
-            response = _error(400, "invalid_request_error", "duplicate_refund_id",
-                              "this refund_id was already used on this payment",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "duplicate_refund_id",
+                "this refund_id was already used on this payment",
+                self._payment_json(charge),
+            )
         elif to_refund <= 0 or to_refund > refundable:
-            response = _error(400, "invalid_request_error", "amount_too_large",
-                              f"refund amount exceeds the refundable {refundable}",
-                              self._payment_json(charge))
+            response = _error(
+                400,
+                "invalid_request_error",
+                "amount_too_large",
+                f"refund amount exceeds the refundable {refundable}",
+                self._payment_json(charge),
+            )
         else:
             self._refund_counter += 1
             failed = charge.outcome.scenario is Scenario.REFUND_FAIL
@@ -478,9 +523,13 @@ class SimulatedGatewayEngine:
         if charge is None:
             return _not_found(gateway_ref)
         if charge.status != "requires_action":
-            return _error(400, "invalid_request_error", "payment_unexpected_state",
-                          f"payment is {charge.status}, not requires_action",
-                          self._payment_json(charge))
+            return _error(
+                400,
+                "invalid_request_error",
+                "payment_unexpected_state",
+                f"payment is {charge.status}, not requires_action",
+                self._payment_json(charge),
+            )
         if success:
             self._approve(charge)
         else:
@@ -501,18 +550,22 @@ class SimulatedGatewayEngine:
         """What happened under an idempotency key: resolves an unknown outcome."""
         record = self._idempotency.get(idempotency_key)
         if record is None:
-            return _error(404, "invalid_request_error", "resource_missing",
-                          "no request was processed under this idempotency key")
+            return _error(
+                404, "invalid_request_error", "resource_missing", "no request was processed under this idempotency key"
+            )
         charge = self._charges.get(record.gateway_ref) if record.gateway_ref else None
-        return EngineResponse(200, {
-            "object": "idempotency_record",
-            "idempotency_key": record.key,
-            "operation": record.operation,
-            "status_code": record.response.status_code,
-            "gateway_ref": record.gateway_ref,
-            "payment": self._payment_json(charge) if charge else None,
-            "response": copy.deepcopy(record.response.body),
-        })
+        return EngineResponse(
+            200,
+            {
+                "object": "idempotency_record",
+                "idempotency_key": record.key,
+                "operation": record.operation,
+                "status_code": record.response.status_code,
+                "gateway_ref": record.gateway_ref,
+                "payment": self._payment_json(charge) if charge else None,
+                "response": copy.deepcopy(record.response.body),
+            },
+        )
 
     def ledger(self) -> list[ChargeSnapshot]:
         return [_snapshot(c) for c in self._charges.values()]
@@ -531,14 +584,17 @@ class SimulatedGatewayEngine:
     def ledger_json(self) -> JsonDict:
         return {
             "object": "list",
-            "data": [self._payment_json(c) | {"idempotency_keys": list(c.idempotency_keys),
-                                              "was_authorized": c.was_authorized}
-                     for c in self._charges.values()],
+            "data": [
+                self._payment_json(c)
+                | {"idempotency_keys": list(c.idempotency_keys), "was_authorized": c.was_authorized}
+                for c in self._charges.values()
+            ],
         }
 
     def drain_events(self) -> list[JsonDict]:
         """Webhook events produced since the last call, oldest first."""
-        events, self._events = self._events, []
+        events = list(self._events)
+        self._events.clear()
         return events
 
     # -- internals -------------------------------------------------------------------------
@@ -569,8 +625,12 @@ class SimulatedGatewayEngine:
         if record is None:
             return None
         if record.fingerprint != fingerprint:
-            return _error(400, "idempotency_error", "idempotency_key_reused",
-                          "this idempotency key was already used with different parameters")
+            return _error(
+                400,
+                "idempotency_error",
+                "idempotency_key_reused",
+                "this idempotency key was already used with different parameters",
+            )
         stored = record.response
         return dataclasses.replace(
             stored,
@@ -588,10 +648,8 @@ class SimulatedGatewayEngine:
         gateway_ref: str | None,
         response: EngineResponse,
     ) -> EngineResponse:
-        self._idempotency[key] = _IdempotencyRecord(
-            key, fingerprint, operation, response, gateway_ref)
-        return dataclasses.replace(response, body=copy.deepcopy(response.body),
-                                   delay_ms=self._latency())
+        self._idempotency[key] = _IdempotencyRecord(key, fingerprint, operation, response, gateway_ref)
+        return dataclasses.replace(response, body=copy.deepcopy(response.body), delay_ms=self._latency())
 
     def _with_delivery(self, response: EngineResponse, outcome: Outcome) -> EngineResponse:
         """Decide how the (already processed and stored) response reaches the caller."""
@@ -654,13 +712,15 @@ class SimulatedGatewayEngine:
 
     def _emit_raw(self, event_type: str, obj: JsonDict) -> None:
         self._event_counter += 1
-        self._events.append({
-            "object": "event",
-            "id": f"simevt_{self._event_counter:010d}",
-            "type": event_type,
-            "created": int(self._clock()),
-            "data": {"object": obj},
-        })
+        self._events.append(
+            {
+                "object": "event",
+                "id": f"simevt_{self._event_counter:010d}",
+                "type": event_type,
+                "created": int(self._clock()),
+                "data": {"object": obj},
+            }
+        )
 
 
 def _snapshot(charge: _Charge) -> ChargeSnapshot:
@@ -720,34 +780,37 @@ def _decline_error(payment: JsonDict) -> EngineResponse:
 
 
 def _server_error() -> EngineResponse:
-    return _error(500, "api_error", "internal_error",
-                  "internal error before processing; nothing was charged", should_retry=True)
+    return _error(
+        500, "api_error", "internal_error", "internal error before processing; nothing was charged", should_retry=True
+    )
 
 
 def _not_found(gateway_ref: str) -> EngineResponse:
-    return _error(404, "invalid_request_error", "resource_missing",
-                  f"no such payment: {gateway_ref}")
+    return _error(404, "invalid_request_error", "resource_missing", f"no such payment: {gateway_ref}")
 
 
 def _require_key(key: str) -> EngineResponse | None:
     if not key or len(key) > 255:
-        return _error(400, "invalid_request_error", "idempotency_key_required",
-                      "an Idempotency-Key of 1-255 characters is required")
+        return _error(
+            400,
+            "invalid_request_error",
+            "idempotency_key_required",
+            "an Idempotency-Key of 1-255 characters is required",
+        )
     return None
 
 
 def _require_text(name: str, value: str) -> EngineResponse | None:
     if not value or len(value) > 255:
-        return _error(400, "invalid_request_error", "parameter_invalid",
-                      f"{name} must be 1-255 characters")
+        return _error(400, "invalid_request_error", "parameter_invalid", f"{name} must be 1-255 characters")
     return None
 
 
 def _check_money(amount: int | None, currency: str | None) -> EngineResponse | None:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        return _error(400, "invalid_request_error", "amount_invalid",
-                      "amount must be a positive integer in minor units")
+        return _error(
+            400, "invalid_request_error", "amount_invalid", "amount must be a positive integer in minor units"
+        )
     if currency is None or not _CURRENCY_RE.match(currency):
-        return _error(400, "invalid_request_error", "currency_invalid",
-                      "currency must be an upper-case ISO-4217 code")
+        return _error(400, "invalid_request_error", "currency_invalid", "currency must be an upper-case ISO-4217 code")
     return None

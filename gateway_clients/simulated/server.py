@@ -232,8 +232,7 @@ async def _capture(request: web.Request) -> web.StreamResponse:
 async def _cancel(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     await _json_body(request)
-    response = state.engine.cancel(
-        gateway_ref=request.match_info["ref"], idempotency_key=_idempotency_key(request))
+    response = state.engine.cancel(gateway_ref=request.match_info["ref"], idempotency_key=_idempotency_key(request))
     return await _deliver(request, response)
 
 
@@ -254,13 +253,13 @@ async def _authenticate(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     body = await _json_body(request)
     response = state.engine.complete_action(
-        request.match_info["ref"], success=_bool_field(body, "success", default=True))
+        request.match_info["ref"], success=_bool_field(body, "success", default=True)
+    )
     return await _deliver(request, response)
 
 
 async def _get_payment(request: web.Request) -> web.StreamResponse:
-    return await _deliver(
-        request, request.app[STATE_KEY].engine.get_payment(request.match_info["ref"]))
+    return await _deliver(request, request.app[STATE_KEY].engine.get_payment(request.match_info["ref"]))
 
 
 async def _lookup(request: web.Request) -> web.StreamResponse:
@@ -324,8 +323,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except _BadRequest as exc:
         return web.json_response(
-            {"error": {"type": "invalid_request_error", "code": exc.code,
-                       "message": exc.message}},
+            {"error": {"type": "invalid_request_error", "code": exc.code, "message": exc.message}},
             status=400,
         )
     except _ConnectionDropped:
@@ -381,9 +379,7 @@ def _bool_field(body: Mapping[str, object], name: str, *, default: bool) -> bool
 
 def _metadata_field(body: Mapping[str, object]) -> dict[str, str]:
     value = body.get("metadata") or {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise _BadRequest("parameter_invalid", "metadata must map strings to strings")
     return dict(value)
 
@@ -416,32 +412,31 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = SimulatorConfig()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
-    parser.add_argument("--public-url", default=None,
-                        help="base URL used in action URLs (default http://HOST:PORT)")
+    parser.add_argument("--public-url", default=None, help="base URL used in action URLs (default http://HOST:PORT)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--latency-ms", type=float, default=defaults.latency_mean_ms)
     parser.add_argument("--jitter-ms", type=float, default=defaults.latency_jitter_ms)
     parser.add_argument("--error-5xx-rate", type=float, default=defaults.error_5xx_rate)
     parser.add_argument("--timeout-rate", type=float, default=defaults.timeout_rate)
-    parser.add_argument("--response-lost-rate", type=float,
-                        default=defaults.response_lost_rate)
+    parser.add_argument("--response-lost-rate", type=float, default=defaults.response_lost_rate)
     parser.add_argument("--stall-rate", type=float, default=defaults.stall_rate)
     parser.add_argument("--stall-ms", type=float, default=defaults.stall_ms)
     parser.add_argument("--hang-ms", type=float, default=defaults.hang_ms)
     parser.add_argument("--slow-ms", type=float, default=defaults.slow_ms)
-    parser.add_argument("--no-amount-triggers", action="store_true",
-                        help="outcomes by token only, never by amount (for benchmarks)")
+    parser.add_argument(
+        "--no-amount-triggers", action="store_true", help="outcomes by token only, never by amount (for benchmarks)"
+    )
     parser.add_argument("--webhook-url", default=None)
-    parser.add_argument("--webhook-secret", action="append", default=[],
-                        help="repeat to sign with several secrets (rotation)")
+    parser.add_argument(
+        "--webhook-secret", action="append", default=[], help="repeat to sign with several secrets (rotation)"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = SimulatorConfig(
         seed=args.seed,
         latency_mean_ms=args.latency_ms,
@@ -457,8 +452,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.webhook_url and not args.webhook_secret:
         raise SystemExit("--webhook-url needs at least one --webhook-secret")
-    engine = SimulatedGatewayEngine(
-        config, public_base_url=args.public_url or f"http://{args.host}:{args.port}")
+    engine = SimulatedGatewayEngine(config, public_base_url=args.public_url or f"http://{args.host}:{args.port}")
     app = create_app(engine, webhook_url=args.webhook_url, webhook_secrets=args.webhook_secret)
     web.run_app(app, host=args.host, port=args.port, shutdown_timeout=1.0)
 

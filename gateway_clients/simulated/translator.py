@@ -128,9 +128,7 @@ def result_from_refund(
     )
 
 
-def result_from_lookup(
-    record: Mapping[str, object], *, latency_ms: float = 0.0
-) -> GatewayResult:
+def result_from_lookup(record: Mapping[str, object], *, latency_ms: float = 0.0) -> GatewayResult:
     """The payment behind an idempotency record; ChargeNotFoundError if nothing was charged."""
     payment = record.get("payment")
     if not isinstance(payment, Mapping):
@@ -158,8 +156,7 @@ def classify_error(
     message = raw_message if isinstance(raw_message, str) else f"gateway answered {status_code}"
 
     def make(cls: type[GatewayError]) -> GatewayError:
-        return cls(message, http_status=status_code, gateway_code=code,
-                   idempotency_key=idempotency_key)
+        return cls(message, http_status=status_code, gateway_code=code, idempotency_key=idempotency_key)
 
     if status_code == 429 or (status_code == 409 and code == "idempotency_request_in_progress"):
         return make(RetryableGatewayError)
@@ -195,13 +192,13 @@ def translate_response(
         error = body.get("error")
         if isinstance(error, Mapping) and isinstance(error.get("payment"), Mapping):
             try:
-                return result_from_payment(
-                    _mapping(error, "payment"), latency_ms=latency_ms, replayed=replayed)
+                return result_from_payment(_mapping(error, "payment"), latency_ms=latency_ms, replayed=replayed)
             except ValueError as exc:
                 raise _malformed(exc, status_code, mutating, idempotency_key) from exc
     if not 200 <= status_code < 300:
-        raise classify_error(status_code, body, should_retry=should_retry,
-                             mutating=mutating, idempotency_key=idempotency_key)
+        raise classify_error(
+            status_code, body, should_retry=should_retry, mutating=mutating, idempotency_key=idempotency_key
+        )
     if body is None:
         raise _malformed(ValueError("empty body"), status_code, mutating, idempotency_key)
     try:
@@ -242,13 +239,10 @@ def notification_from_event(event: Mapping[str, object]) -> GatewayNotification:
         raise InvalidWebhookError(f"malformed webhook event: {exc}") from exc
 
 
-def _malformed(
-    exc: ValueError, status_code: int, mutating: bool, idempotency_key: str | None
-) -> GatewayError:
+def _malformed(exc: ValueError, status_code: int, mutating: bool, idempotency_key: str | None) -> GatewayError:
     # We cannot read the answer, so for a write we do not know what happened.
     cls = OutcomeUnknownError if mutating else RetryableGatewayError
-    return cls(f"malformed gateway response: {exc}", http_status=status_code,
-               idempotency_key=idempotency_key)
+    return cls(f"malformed gateway response: {exc}", http_status=status_code, idempotency_key=idempotency_key)
 
 
 class _MalformedError(ValueError):

@@ -71,16 +71,13 @@ def verify_signature(
             try:
                 timestamp = int(value)
             except ValueError:
-                raise InvalidWebhookError(
-                    "malformed timestamp", gateway_code="malformed_signature") from None
+                raise InvalidWebhookError("malformed timestamp", gateway_code="malformed_signature") from None
         elif name == "v1":
             candidates.append(value)
     if timestamp is None or not candidates:
-        raise InvalidWebhookError(
-            "signature header lacks t or v1", gateway_code="malformed_signature")
+        raise InvalidWebhookError("signature header lacks t or v1", gateway_code="malformed_signature")
     if tolerance_s > 0 and abs(now - timestamp) > tolerance_s:
-        raise InvalidWebhookError(
-            "timestamp outside the tolerance", gateway_code="timestamp_out_of_tolerance")
+        raise InvalidWebhookError("timestamp outside the tolerance", gateway_code="timestamp_out_of_tolerance")
     # Compare every pair without an early exit so timing leaks nothing about which matched.
     matched = False
     for secret in secrets:
