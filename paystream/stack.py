@@ -8,8 +8,8 @@ recorded when we started it. ``up`` is idempotent: a healthy service is left alo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -70,7 +70,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=2) as r:
             return 200 <= r.status < 300
     except Exception:
         return False
@@ -175,10 +175,8 @@ def terminate(pid: int, timeout: float = 30.0) -> None:
         if not pid_alive(pid):
             return
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def spawn(name: str, cmd: list[str], env: dict[str, str] | None = None, user: str | None = None) -> int:
@@ -491,7 +489,7 @@ def stripe_mock_healthy() -> bool:
             f"http://127.0.0.1:{PORTS['stripe_mock']}/v1/customers?limit=1",
             headers={"Authorization": "Bearer sk_test_123"},
         )
-        with urllib.request.urlopen(req, timeout=2) as r:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=2) as r:
             return r.status == 200
     except Exception:
         return False

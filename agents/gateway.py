@@ -1,0 +1,194 @@
+"""Carrying out gateway calls: ``CallGateway`` effect → gateway client → reply for the machine.
+
+Errors are classified once, here, into the machine's vocabulary: a timeout or anything we
+cannot interpret is UNKNOWN (the reconciler asks the gateway later), never a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gateway_clients.protocol import (
+    ChargeNotFoundError,
+    GatewayResult,
+    IdempotencyConflictError,
+    OutcomeUnknownError,
+    PaymentGateway,
+    PermanentGatewayError,
+    RetryableGatewayError,
+)
+from paystream.core.machine import CallGateway, GatewayOperation, GatewayReply, ReconcileResult, ReplyStatus
+from paystream.metrics import GATEWAY_CALLS, GATEWAY_LATENCY
+
+log = logging.getLogger("paystream.gateway")
+
+
+def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None = None,
+           message: str | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "idempotency_key": call.idempotency_key,
+        "status": status.value,
+        "gateway_ref": result.gateway_ref if result else None,
+        "amount_authorized": result.amount_authorized if result else None,
+        "amount_captured": result.amount_captured if result else None,
+        "amount_refunded": result.amount_refunded if result else None,
+        "decline_code": result.decline_code.value if result and result.decline_code else None,
+        "message": message,
+    }
+    if call.operation is GatewayOperation.RETRIEVE:
+        return {"kind": "reconcile", "payment_id": call.payment_id,
+                "input": {"reconciliation_id": f"rc-{call.idempotency_key}", **fields}}
+    fields["operation"] = call.operation.value
+    fields["action_url"] = result.action_url if result else None
+    return {"kind": "reply", "payment_id": call.payment_id, "input": fields}
+
+
+async def _invoke(gw: PaymentGateway, call: CallGateway) -> GatewayResult:
+    op = call.operation
+    if op is GatewayOperation.AUTHORIZE:
+        assert call.payment_method_token is not None
+        return await gw.authorize(
+            payment_id=call.payment_id, amount=call.amount, currency=call.currency,
+            payment_method_token=call.payment_method_token, capture=call.capture,
+            idempotency_key=call.idempotency_key, metadata={"payment_id": call.payment_id},
+        )
+    assert call.gateway_ref is not None or op is GatewayOperation.RETRIEVE
+    if op is GatewayOperation.CAPTURE:
+        return await gw.capture(gateway_ref=call.gateway_ref or "", amount=call.amount, currency=call.currency,
+                                idempotency_key=call.idempotency_key)
+    if op is GatewayOperation.CANCEL:
+        return await gw.cancel(gateway_ref=call.gateway_ref or "", idempotency_key=call.idempotency_key)
+    if op is GatewayOperation.REFUND:
+        return await gw.refund(gateway_ref=call.gateway_ref or "", refund_id=call.refund_id or "",
+                               amount=call.amount, currency=call.currency, idempotency_key=call.idempotency_key)
+    return await gw.retrieve(idempotency_key=call.idempotency_key)
+
+
+async def execute(gateways: Mapping[str, PaymentGateway], call: CallGateway, timeout_s: float) -> dict[str, Any]:
+    """One gateway call, bounded in time; returns the reply record for the internal topic."""
+    gw = gateways.get(call.gateway)
+    if gw is None:
+        return _reply(call, ReplyStatus.PERMANENT_ERROR, message=f"gateway {call.gateway!r} is not configured")
+    t0 = time.monotonic()
+    try:
+        result = await asyncio.wait_for(_invoke(gw, call), timeout_s)
+        status = ReplyStatus(result.status.value)
+        reply = _reply(call, status, result)
+    except (OutcomeUnknownError, IdempotencyConflictError, TimeoutError) as exc:
+        status, reply = ReplyStatus.UNKNOWN, _reply(call, ReplyStatus.UNKNOWN, message=type(exc).__name__)
+    except ChargeNotFoundError:
+        status, reply = ReplyStatus.NOT_FOUND, _reply(call, ReplyStatus.NOT_FOUND)
+    except RetryableGatewayError as exc:
+        status, reply = ReplyStatus.RETRYABLE_ERROR, _reply(call, ReplyStatus.RETRYABLE_ERROR,
+                                                             message=str(exc)[:200])
+    except PermanentGatewayError as exc:
+        status, reply = ReplyStatus.PERMANENT_ERROR, _reply(call, ReplyStatus.PERMANENT_ERROR,
+                                                             message=str(exc)[:200])
+    except Exception as exc:  # a bug or an unexpected answer: we cannot know what happened
+        log.exception("gateway call %s failed unexpectedly", call.idempotency_key)
+        status, reply = ReplyStatus.UNKNOWN, _reply(call, ReplyStatus.UNKNOWN, message=type(exc).__name__)
+    GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - t0)
+    GATEWAY_CALLS.labels(call.gateway, call.operation.value, status.value).inc()
+    return reply
+
+
+def reply_input(value: Mapping[str, Any]) -> GatewayReply | ReconcileResult:
+    from tables import codec
+
+    cls = ReconcileResult if value.get("kind") == "reconcile" else GatewayReply
+    result: GatewayReply | ReconcileResult = codec.from_plain(cls, value["input"])
+    return result
+
+
+class GatewayExecutor:
+    """Consumes the internal gateway-calls topic and carries the calls out, many at a time.
+
+    It is deliberately not a faust agent: faust's transactional sends only cover topics of the
+    consuming agent's own partition group, and a call's outcome must be fed back however long
+    the gateway takes. So this is a plain read_committed consumer with an idempotent producer:
+    at-least-once, made safe by the deterministic gateway idempotency keys (a repeated call is
+    replayed by the gateway, never repeated) and by the state machine ignoring a reply whose
+    key is not the payment's pending one. Each reply goes to the partition its call came from,
+    which is the payment's partition.
+
+    Calls of a partition run concurrently (up to ``max_in_flight``); offsets are committed up to
+    the oldest call not yet answered, so a slow call holds back only the commit, not the work.
+    """
+
+    def __init__(self, *, bootstrap: str, group: str, calls_topic: str, replies_topic: str,
+                 gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.calls_topic = calls_topic
+        self.replies_topic = replies_topic
+        self.gateways = gateways
+        self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.done = 0
+
+    async def run(self) -> None:
+        import json as _json
+        from collections import deque
+
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka.structs import OffsetAndMetadata
+
+        from tables import codec
+
+        consumer = AIOKafkaConsumer(
+            self.calls_topic, bootstrap_servers=self.bootstrap, group_id=self.group,
+            isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest",
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+                                    linger_ms=1)
+        await consumer.start()
+        await producer.start()
+        window: dict[TopicPartition, deque[tuple[int, asyncio.Task[None]]]] = {}
+        slots = asyncio.Semaphore(self.max_in_flight)
+
+        async def handle(tp: TopicPartition, value: bytes) -> None:
+            try:
+                call = codec.decode(CallGateway, value)
+                reply = await execute(self.gateways, call, self.timeout_s)
+                await producer.send_and_wait(self.replies_topic, _json.dumps(reply).encode(),
+                                             key=call.payment_id.encode(), partition=tp.partition)
+                self.done += 1
+            finally:
+                slots.release()
+
+        async def commit_ready() -> None:
+            offsets = {}
+            for tp, q in window.items():
+                last = None
+                while q and q[0][1].done():
+                    offset, task = q.popleft()
+                    if task.exception() is not None:
+                        # Not answered: keep the offset uncommitted; a restart retries it.
+                        log.error("gateway call at %s:%d failed: %r", tp, offset, task.exception())
+                        q.appendleft((offset, task))
+                        break
+                    last = offset
+                if last is not None:
+                    offsets[tp] = OffsetAndMetadata(last + 1, "")
+            if offsets:
+                await consumer.commit(offsets)
+
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=20, max_records=self.max_in_flight)
+                for tp, records in batches.items():
+                    q = window.setdefault(tp, deque())
+                    for rec in records:
+                        await slots.acquire()
+                        q.append((rec.offset, asyncio.ensure_future(handle(tp, rec.value))))
+                await commit_ready()
+        finally:
+            for q in window.values():
+                for _, task in q:
+                    task.cancel()
+            await consumer.stop()
+            await producer.stop()

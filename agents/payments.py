@@ -1,0 +1,239 @@
+"""The agents of a paystream worker, installed on a faust app.
+
+* ``payments``: one agent over the three co-partitioned inputs of a payment —
+  ``payment.requests`` (commands), the internal gateway-replies topic and ``payment.webhooks``
+  (verified notifications). It decodes, lets ``PaymentProcessor`` decide, and sends events and
+  gateway calls; with exactly_once, table writes, outputs and the input offset commit together.
+* ``gateway``: carries out gateway calls in concurrent batches, so slow gateway calls of some
+  payments never hold up the others; replies go back to ``payments`` keyed by payment id.
+* ``reconciler``: a timer asking the gateway about every outcome that is still unknown.
+
+Poison input (not Avro, unknown schema id, truncated) goes to ``payment.deadletter`` with
+error headers; a well-framed command that breaks the contract becomes ``CommandRejected``.
+Nothing raises out of the loop: a bug in one message dead-letters that message only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from agents.gateway import GatewayExecutor, reply_input
+from agents.processor import Output, PaymentProcessor, PaymentRecord, notification_input
+from gateway_clients.protocol import PaymentGateway
+from paystream import metrics
+from paystream.config import Settings
+from paystream.core import commands as cmds
+from paystream.core import events as evs
+from paystream.core.machine import PaymentStatus, reconcile_effects
+from streams import topics
+from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
+from tables import codec
+
+log = logging.getLogger("paystream.agents")
+
+CE_SOURCE = "paystream"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def cloudevent_headers(ev: evs.PaymentEvent) -> list[tuple[str, bytes]]:
+    """CloudEvents binary-mode headers, so generic tooling can route payment.events."""
+    when = datetime.fromtimestamp(ev.occurred_at / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ev.event_id.encode()),
+        ("ce_type", f"io.paystream.{evs.event_type(ev.body)}".encode()),
+        ("ce_source", CE_SOURCE.encode()),
+        ("ce_time", when.encode()),
+        ("ce_subject", ev.payment_id.encode()),
+        ("content-type", b"application/avro"),
+    ]
+
+
+@dataclass
+class Wiring:
+    settings: Settings
+    codecs: Mapping[str, AvroCodec]
+    gateways: Mapping[str, PaymentGateway]
+
+
+def install(app: faust.App, w: Wiring) -> dict[str, Any]:
+    s = w.settings
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    inputs = app.topic(topics.REQUESTS, topics.gateway_replies(s.app_id), topics.WEBHOOKS, **raw)
+    calls_topic_name = topics.gateway_calls(s.app_id)
+
+    # Keys are payment ids (str); values are JSON (the app's default value serializer).
+    payments_table = app.Table("payments", default=None, key_type=str)
+    idempotency_table = app.Table("idempotency", default=None, key_type=str)
+
+    processor = PaymentProcessor(
+        payments_table, idempotency_table,
+        idempotency_retention_ms=s.idempotency_retention_s * 1000,
+    )
+
+    async def send(event: faust.EventT | None, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send in the transaction of the input's partition, to the input's partition number.
+
+        faust routes an agent's sends to the transaction of the *destination* topic's partition
+        group, and sends to a topic no agent consumes are not transactional at all. Sending
+        explicitly in the source partition's transaction makes events, gateway calls, dead
+        letters, table writes and the input offset commit (or abort) together. Keeping the
+        partition number keeps every message of a payment in one partition across topics.
+        """
+        tid = None
+        if event is not None and app.in_transaction:
+            msg = event.message
+            tid = f"{app.conf.id}-{app.assignor.group_for_topic(msg.topic)}-{msg.partition}"
+        await app.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
+
+    async def dead_letter(event: faust.EventT, stage: str, reason: str, error: str) -> None:
+        msg = event.message
+        metrics.DEADLETTERS.labels(stage, reason).inc()
+        await send(
+            event, topics.DEADLETTER, msg.key, msg.value, msg.partition,
+            headers=[
+                ("ps_stage", stage.encode()),
+                ("ps_reason", reason.encode()),
+                ("ps_error", error.encode()[:500]),
+                ("ps_source_topic", msg.topic.encode()),
+                ("ps_source_partition", str(msg.partition).encode()),
+                ("ps_source_offset", str(msg.offset).encode()),
+            ],
+        )
+
+    async def publish(event: faust.EventT, out: Output) -> None:
+        partition = event.message.partition
+        for ev in out.events:
+            value = w.codecs[topics.EVENTS].encode(evs.to_avro(ev))
+            await send(event, topics.EVENTS, ev.payment_id.encode(), value, partition, cloudevent_headers(ev))
+            name = evs.event_type(ev.body)
+            metrics.EVENTS.labels(name).inc()
+            if ev.status and name in ("PaymentSucceeded", "PaymentFailed", "PaymentCanceled", "PaymentAuthorized"):
+                metrics.PAYMENTS.labels(ev.status, "-").inc()
+        for call in out.calls:
+            await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
+
+    async def decode_with_retry(cdc: AvroCodec, data: bytes) -> dict[str, Any]:
+        while True:
+            try:
+                return cdc.decode(data)
+            except RegistryUnavailable:
+                log.warning("schema registry unavailable; retrying")
+                await asyncio.sleep(1)
+
+    async def on_command(event: faust.EventT) -> None:
+        try:
+            value = await decode_with_retry(w.codecs[topics.REQUESTS], event.message.value)
+        except DecodeError as exc:
+            await dead_letter(event, "decode", "undecodable", str(exc))
+            metrics.COMMANDS.labels("unknown", "deadletter").inc()
+            return
+        try:
+            command = cmds.from_avro(value)
+        except cmds.CommandDecodeError as exc:
+            pid = value.get("payment_id")
+            if not isinstance(pid, str) or not pid:
+                await dead_letter(event, "decode", "no_payment_id", str(exc))
+                return
+            metrics.COMMANDS.labels("unknown", "rejected").inc()
+            await publish(event, processor.handle_undecodable(pid, value.get("command_id"), str(exc), now_ms(),
+                                                               event.message.partition))
+            return
+        key = event.message.key.decode() if event.message.key else None
+        if key != command.payment_id:
+            # Keyed elsewhere, the command would miss its payment's partition and state.
+            await dead_letter(event, "route", "key_mismatch", "message key differs from payment_id")
+            return
+        out = processor.handle_command(command, now_ms(), event.message.partition)
+        kind = cmds.command_type(command)
+        if out.duplicate:
+            metrics.DUPLICATES.inc()
+            metrics.COMMANDS.labels(kind, "duplicate").inc()
+            log.info("duplicate command %s for %s acknowledged", command.command_id, command.payment_id)
+        elif out.queued:
+            metrics.QUEUED.inc()
+            metrics.COMMANDS.labels(kind, "queued").inc()
+        else:
+            rejected = any(isinstance(e.body, evs.CommandRejected) for e in out.events)
+            metrics.COMMANDS.labels(kind, "rejected" if rejected else "accepted").inc()
+        await publish(event, out)
+
+    async def on_reply(event: faust.EventT) -> None:
+        value = json.loads(event.message.value)
+        await publish(event, processor.handle_input(value["payment_id"], reply_input(value), now_ms(),
+                                                           event.message.partition))
+
+    async def on_webhook(event: faust.EventT) -> None:
+        try:
+            value = await decode_with_retry(w.codecs[topics.WEBHOOKS], event.message.value)
+        except DecodeError as exc:
+            await dead_letter(event, "decode", "undecodable", str(exc))
+            return
+        pid, notification = notification_input(value)
+        await publish(event, processor.handle_input(pid, notification, now_ms(), event.message.partition))
+
+    handlers = {
+        topics.REQUESTS: on_command,
+        topics.gateway_replies(s.app_id): on_reply,
+        topics.WEBHOOKS: on_webhook,
+    }
+
+    @app.agent(inputs, name="payments")
+    async def payments(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                await handlers[event.message.topic](event)
+            except Exception as exc:  # never let one message stop the worker
+                log.exception("processing %s failed", event.message.topic)
+                await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
+
+    executor = GatewayExecutor(
+        bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
+        replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
+        max_in_flight=s.gateway_batch_size,
+    )
+
+    @app.task
+    async def gateway_executor() -> None:
+        await executor.run()
+
+    @app.timer(interval=5.0)
+    async def reconciler() -> None:
+        """Ask the gateway about every unknown outcome on this worker's partitions."""
+        now = now_ms()
+        pending, oldest = 0, 0.0
+        for _key, value in list(payments_table.items()):
+            record = PaymentRecord.from_json(value)
+            st = record.state
+            if st is None or st.pending is None or not st.pending.outcome_unknown:
+                continue
+            if st.status is not PaymentStatus.UNKNOWN and st.pending is None:
+                continue
+            pending += 1
+            oldest = max(oldest, (now - st.updated_at) / 1000)
+            for call in reconcile_effects(st):
+                # Outside any input's transaction: a plain send; a repeated retrieve is harmless.
+                await send(None, calls_topic_name, call.payment_id.encode(), codec.encode(call), record.partition)
+        metrics.UNKNOWN_PENDING.set(pending)
+        metrics.UNKNOWN_OLDEST_AGE.set(oldest)
+
+    @app.timer(interval=600.0)
+    async def expire_idempotency() -> None:
+        dropped = processor.expire_idempotency(now_ms())
+        if dropped:
+            log.info("forgot %d command ids past their retention", dropped)
+
+    return {"payments": payments, "executor": executor, "processor": processor, "payments_table": payments_table}

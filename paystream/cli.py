@@ -1,0 +1,256 @@
+"""The `paystream` command: the local stack, the worker and the sink, schemas, migrations,
+sending commands and looking at what happened. `paystream COMMAND --help` explains each."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import uuid
+
+import click
+
+from paystream.config import get_settings
+
+
+@click.group(help=__doc__)
+def main() -> None:
+    pass
+
+
+# ------------------------------------------------------------------ stack
+
+
+@main.group(help="Install, start, stop and inspect the local stack (Kafka, registry, Postgres, stripe-mock, simgw).")
+def stack() -> None:
+    pass
+
+
+@stack.command("up", help="Install what is missing and start every service (a healthy one is left alone).")
+@click.argument("services", nargs=-1)
+def stack_up(services: tuple[str, ...]) -> None:
+    from paystream import stack as st
+
+    try:
+        st.up(list(services) or None)
+    except st.StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _setup()
+
+
+@stack.command("down", help="Stop the services this stack started (by pid); data stays under .stack/.")
+@click.argument("services", nargs=-1)
+def stack_down(services: tuple[str, ...]) -> None:
+    from paystream import stack as st
+
+    st.down(list(services) or None)
+
+
+@stack.command("status", help="Show each service: healthy, unhealthy or down.")
+def stack_status() -> None:
+    from paystream import stack as st
+
+    bad = False
+    for name, state in st.status().items():
+        click.echo(f"{name:<12} {state:<10} {st.SERVICES[name].where}")
+        bad |= state != "healthy"
+    sys.exit(1 if bad else 0)
+
+
+def _setup() -> None:
+    """Topics, schemas and migrations: idempotent, run after the stack is up."""
+    from sinks.migrate import migrate
+    from streams import topics
+    from streams.avro import register_schemas, registry_client
+
+    s = get_settings()
+    created = topics.ensure_topics(s.kafka_bootstrap, s.app_id, s.partitions)
+    ids = register_schemas(registry_client(s.schema_registry_url))
+    applied = migrate(s.postgres_dsn)
+    click.echo(f"[setup] topics created: {len(created)}; schemas: {ids}; migrations applied: {len(applied)}")
+
+
+# ------------------------------------------------------------------ processes
+
+
+@main.command(help="Run a worker (faust): the payment and gateway agents, the reconciler, the web edge.")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(loglevel: str) -> None:
+    from paystream.logs import configure
+    from paystream.worker import run_worker
+
+    configure()
+    run_worker(get_settings(), loglevel)
+
+
+@main.command(help="Run the Postgres sink: payment.events → Postgres, in its own consumer group.")
+def sink() -> None:
+    from prometheus_client import start_http_server
+
+    from paystream.logs import configure
+    from sinks.postgres import EventSink
+    from streams import topics
+    from streams.avro import codecs, registry_client
+
+    configure()
+    s = get_settings()
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    start_http_server(s.sink_metrics_port, addr="127.0.0.1")
+    codec = codecs(registry_client(s.schema_registry_url))[topics.EVENTS]
+    EventSink(s.kafka_bootstrap, s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s).run(
+        lambda: stopping
+    )
+
+
+# ------------------------------------------------------------------ data
+
+
+@main.group(help="Database commands.")
+def db() -> None:
+    pass
+
+
+@db.command("migrate", help="Apply pending numbered migrations from sinks/migrations (advisory-locked).")
+def db_migrate() -> None:
+    from sinks.migrate import migrate
+
+    applied = migrate(get_settings().postgres_dsn)
+    click.echo(f"applied {len(applied)} migration(s): {[m.name for m in applied]}")
+
+
+@main.group(help="Schema registry commands.")
+def schemas() -> None:
+    pass
+
+
+@schemas.command("register", help="Register avro/*.avsc under <topic>-value with BACKWARD_TRANSITIVE.")
+def schemas_register() -> None:
+    from streams.avro import register_schemas, registry_client
+
+    click.echo(json.dumps(register_schemas(registry_client(get_settings().schema_registry_url)), indent=2))
+
+
+@schemas.command("check", help="Fail when an .avsc is incompatible with what the registry holds.")
+def schemas_check() -> None:
+    from streams.avro import check_compatibility, registry_client
+
+    result = check_compatibility(registry_client(get_settings().schema_registry_url))
+    for subject, ok in result.items():
+        click.echo(f"{subject:<28} {'compatible' if ok else 'INCOMPATIBLE'}")
+    if not all(result.values()):
+        sys.exit(1)
+
+
+@main.group(help="Send commands to payment.requests (as the Order Service would).")
+def send() -> None:
+    pass
+
+
+@send.command("create", help="Create a payment. Tokens: tok_visa (approve), tok_decline_insufficient_funds, ...")
+@click.option("--amount", type=int, required=True, help="minor units, e.g. 1999 for 19.99 USD")
+@click.option("--currency", default="USD", show_default=True)
+@click.option("--token", default="tok_visa", show_default=True)
+@click.option("--manual", is_flag=True, help="authorize only; capture later with `send capture`")
+@click.option("--payment-id", default=None)
+def send_create(amount: int, currency: str, token: str, manual: bool, payment_id: str | None) -> None:
+    from paystream.client import CommandProducer, create_payment
+
+    pid = payment_id or f"pay_{uuid.uuid4().hex[:16]}"
+    p = CommandProducer(get_settings())
+    cmd = create_payment(pid, amount=amount, currency=currency, token=token,
+                         capture_method="manual" if manual else "automatic")
+    p.send(cmd)
+    p.flush()
+    click.echo(json.dumps({"payment_id": pid, "command_id": cmd["command_id"]}))
+
+
+def _simple(kind: str, payment_id: str, body: dict[str, object]) -> None:
+    from paystream.client import CommandProducer, command
+
+    p = CommandProducer(get_settings())
+    cmd = command(payment_id, kind, body)
+    p.send(cmd)
+    p.flush()
+    click.echo(json.dumps({"payment_id": payment_id, "command_id": cmd["command_id"]}))
+
+
+@send.command("capture", help="Capture an authorized payment (all, or --amount for a partial capture).")
+@click.argument("payment_id")
+@click.option("--amount", type=int, default=None)
+def send_capture(payment_id: str, amount: int | None) -> None:
+    _simple("CapturePayment", payment_id, {"amount": amount, "currency": None})
+
+
+@send.command("cancel", help="Cancel (void) a payment before capture.")
+@click.argument("payment_id")
+def send_cancel(payment_id: str) -> None:
+    _simple("CancelPayment", payment_id, {"reason": "requested_by_customer"})
+
+
+@send.command("refund", help="Refund a payment (all that is left, or --amount).")
+@click.argument("payment_id")
+@click.option("--amount", type=int, default=None)
+def send_refund(payment_id: str, amount: int | None) -> None:
+    _simple("RefundPayment", payment_id,
+            {"refund_id": f"re_{uuid.uuid4().hex[:12]}", "amount": amount, "currency": None, "reason": None})
+
+
+@main.command(help="Show a payment's current row and its events, from Postgres.")
+@click.argument("payment_id")
+def status(payment_id: str) -> None:
+    import psycopg
+
+    with psycopg.connect(get_settings().postgres_dsn) as conn:
+        row = conn.execute("SELECT status, currency, amount, authorized, captured, refunded, last_sequence "
+                           "FROM payments WHERE payment_id = %s", (payment_id,)).fetchone()
+        if row is None:
+            raise click.ClickException(f"no payment {payment_id} in Postgres (yet)")
+        click.echo(f"{payment_id}: {row[0]}  amount={row[2]} {row[1]} authorized={row[3]} captured={row[4]} "
+                   f"refunded={row[5]} (sequence {row[6]})")
+        for seq, etype, cause in conn.execute(
+            "SELECT sequence, event_type, causation_command_id FROM payment_events WHERE payment_id = %s "
+            "ORDER BY sequence", (payment_id,)):
+            click.echo(f"  {seq:>3}  {etype:<24} caused by {cause}")
+
+
+@main.command(help="Follow payment.events live (read_committed), one readable line per event.")
+@click.option("--from-beginning", is_flag=True)
+def tail(from_beginning: bool) -> None:
+    from paystream.client import EventReader, event_type
+
+    reader = EventReader(get_settings())
+    if not from_beginning:
+        reader.consumer.poll(1)
+        for tp in reader.consumer.assignment():
+            _, high = reader.consumer.get_watermark_offsets(tp)
+            tp.offset = high
+            reader.consumer.seek(tp)
+    try:
+        while True:
+            for v in reader.poll(1.0):
+                t = v.get("totals") or {}
+                click.echo(f"{time.strftime('%H:%M:%S')} {v['payment_id']:<24} #{v['sequence']:<3} "
+                           f"{event_type(v):<22} {v.get('status') or '':<18} "
+                           f"{t.get('amount', '')} {t.get('currency', '')}")
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command(help="Run the demo: worker and sink on the local stack, mixed payments, a summary.")
+@click.option("--payments", "count", default=40, show_default=True)
+def demo(count: int) -> None:
+    from paystream.demo import run_demo
+
+    sys.exit(run_demo(get_settings(), count))
+
+
+if __name__ == "__main__":
+    main()

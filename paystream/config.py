@@ -1,0 +1,48 @@
+"""paystream's settings: one pydantic-settings object, every field an environment variable.
+
+Each field is read from ``PAYSTREAM_<NAME>`` (for example ``PAYSTREAM_KAFKA_BOOTSTRAP``).
+Secrets are ``SecretStr`` so they never show up in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore")
+
+    app_id: str = Field("paystream", description="faust app id: consumer group and prefix of internal topics")
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    schema_registry_url: str = Field(
+        "http://127.0.0.1:18081/apis/ccompat/v7", description="Confluent-compatible schema registry URL"
+    )
+    postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:15432/paystream", description="sink database")
+    partitions: int = Field(4, description="partitions of the payment topics (all co-partitioned)")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
+    store: str = Field("memory://", description="faust table store URL")
+    datadir: str = Field(".stack/worker-data", description="faust data directory")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    default_gateway: str = Field("simulated", description="gateway used when a command names none")
+    simgw_url: str = Field("http://127.0.0.1:18090", description="simulated gateway base URL")
+    simgw_in_process: bool = Field(False, description="use the simulated gateway in-process (benchmarks)")
+    stripe_api_base: str = Field("http://127.0.0.1:12111", description="Stripe API base (stripe-mock locally)")
+    stripe_api_key: SecretStr = SecretStr("sk_test_123")
+    gateway_timeout_s: float = Field(10.0, description="after this a gateway call's outcome is unknown")
+    gateway_batch_size: int = Field(256, description="gateway calls carried out concurrently per batch")
+    idempotency_retention_s: int = Field(7 * 24 * 3600, description="how long command ids are remembered")
+    sink_batch_size: int = 500
+    sink_batch_wait_s: float = 0.2
+    sink_group: str = "paystream-sink"
+    sink_metrics_port: int = 6067
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,23 @@
+"""Business and stream metrics (Prometheus). One registry per process: the worker serves it on
+its web port at /metrics, the sink on its own port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMMANDS = Counter("paystream_commands_total", "Commands read from payment.requests", ["type", "outcome"])
+EVENTS = Counter("paystream_events_total", "Events published to payment.events", ["type"])
+PAYMENTS = Counter("paystream_payments_total", "Payments reaching a status, by gateway", ["status", "gateway"])
+AMOUNT = Counter("paystream_amount_minor_total", "Amounts of payments that succeeded, minor units", ["currency"])
+DEADLETTERS = Counter("paystream_deadletters_total", "Messages sent to payment.deadletter", ["stage", "reason"])
+GATEWAY_CALLS = Counter("paystream_gateway_calls_total", "Gateway calls by outcome", ["gateway", "operation", "status"])
+GATEWAY_LATENCY = Histogram(
+    "paystream_gateway_latency_seconds",
+    "Gateway call latency",
+    ["gateway", "operation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UNKNOWN_PENDING = Gauge("paystream_unknown_outcomes_pending", "Payments whose gateway outcome is unknown")
+UNKNOWN_OLDEST_AGE = Gauge("paystream_unknown_outcome_oldest_age_seconds", "Age of the oldest unknown outcome")
+QUEUED = Counter("paystream_commands_queued_total", "Commands that waited for a payment's gateway call")
+DUPLICATES = Counter("paystream_commands_duplicate_total", "Repeated command ids answered from the idempotency table")

@@ -1,0 +1,52 @@
+"""Start a paystream worker: topics and schemas in place, gateways wired, agents installed."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from agents.payments import Wiring, install
+from gateway_clients.protocol import PaymentGateway
+from paystream.config import Settings
+from streams import topics
+from streams.app import create_app
+from streams.avro import codecs, register_schemas, registry_client
+
+log = logging.getLogger("paystream.worker")
+
+
+def build_gateways(settings: Settings) -> dict[str, PaymentGateway]:
+    from gateway_clients.simulated.client import InProcessSimulatedGateway, SimulatedGatewayClient
+    from gateway_clients.simulated.engine import SimulatedGatewayEngine
+
+    gateways: dict[str, PaymentGateway] = {}
+    if settings.simgw_in_process:
+        engine = SimulatedGatewayEngine()
+        gateways["simulated"] = InProcessSimulatedGateway(engine, timeout_s=settings.gateway_timeout_s)
+    else:
+        gateways["simulated"] = SimulatedGatewayClient(settings.simgw_url, timeout_s=settings.gateway_timeout_s)
+    return gateways
+
+
+def prepare(settings: Settings) -> None:
+    """Idempotent set-up every worker does before it joins the group."""
+    created = topics.ensure_topics(settings.kafka_bootstrap, settings.app_id, settings.partitions)
+    if created:
+        log.info("created topics %s", created)
+    register_schemas(registry_client(settings.schema_registry_url))
+
+
+def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
+    app = create_app(settings)
+    wiring = Wiring(settings, codecs(registry_client(settings.schema_registry_url)), build_gateways(settings))
+    parts = install(app, wiring)
+    return app, parts
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    prepare(settings)
+    app, _ = build_app(settings)
+    sys.argv = ["paystream-worker", "worker", "-l", loglevel]
+    app.main()

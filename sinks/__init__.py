@@ -1,0 +1,1 @@
+"""Sinks: payment.events into PostgreSQL, in its own consumer group and process."""

@@ -1,0 +1,1 @@
+"""Stream plumbing: the faust app, topic definitions and the Avro wire format."""

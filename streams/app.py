@@ -1,0 +1,32 @@
+"""The faust app: one worker process runs the payment agent, the gateway agent and the
+reconciler timer, and serves /metrics and the HTTP edge on its web port."""
+
+from __future__ import annotations
+
+import faust
+
+from paystream.config import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store=settings.store,
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        # EOS: outputs become visible when the transaction commits, so commit often.
+        broker_commit_interval=settings.commit_interval_s,
+        broker_commit_every=1000,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        datadir=settings.datadir,
+        table_cleanup_interval=60.0,
+        # Topics are created by `paystream topics create` with the right partition count.
+        topic_allow_declare=True,
+        stream_wait_empty=False,
+    )

@@ -1,0 +1,76 @@
+"""Topic names (a public contract, see ARCHITECTURE.md) and their creation.
+
+Topics are created explicitly, with the partition count of the settings, before any worker
+starts: a topic auto-created by a producer gets the broker's default count, and faust refuses
+to run when a table's changelog and its source topic differ in partitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUESTS = "payment.requests"
+WEBHOOKS = "payment.webhooks"
+EVENTS = "payment.events"
+DEADLETTER = "payment.deadletter"
+
+
+def gateway_calls(app_id: str) -> str:
+    """Internal: gateway operations the command agent decided on (key payment_id)."""
+    return f"{app_id}-gateway-calls"
+
+
+def gateway_replies(app_id: str) -> str:
+    """Internal: what the gateways answered (key payment_id), fed back to the command agent."""
+    return f"{app_id}-gateway-replies"
+
+
+AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
+
+
+@dataclass(frozen=True)
+class AvroTopic:
+    topic: str
+    schema_file: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.topic}-value"  # topic-name strategy
+
+    def schema_text(self) -> str:
+        return (AVRO_DIR / self.schema_file).read_text()
+
+
+AVRO_TOPICS = (
+    AvroTopic(REQUESTS, "payment_command.avsc"),
+    AvroTopic(EVENTS, "payment_event.avsc"),
+    AvroTopic(WEBHOOKS, "gateway_notification.avsc"),
+)
+
+
+def all_topics(app_id: str) -> list[str]:
+    return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id)]
+
+
+def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = [t for t in all_topics(app_id) if t not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted], request_timeout=timeout
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except Exception as exc:  # already created by a concurrent caller is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created

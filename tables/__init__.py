@@ -1,0 +1,1 @@
+"""Changelog-backed faust tables and the encoding of their values."""
