@@ -1,0 +1,48 @@
+"""Why a command was not accepted: one stable, machine-readable reason code per case.
+
+The codes are a public contract (they travel in ``CommandRejected.reason``): add new ones,
+never rename or reuse old ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["Rejection", "RejectionReason"]
+
+
+class RejectionReason(StrEnum):
+    # Shape and content of the command itself (commands.validate).
+    INVALID_FIELD = "invalid_field"  # an empty id, a malformed last4, an impossible expiry ...
+    INVALID_AMOUNT = "invalid_amount"  # not an int, zero/negative, or above MAX_MINOR_UNITS
+    UNKNOWN_CURRENCY = "unknown_currency"
+    UNKNOWN_GATEWAY = "unknown_gateway"
+    MISSING_PAYMENT_METHOD = "missing_payment_method"  # neither token nor saved method id
+    AMBIGUOUS_PAYMENT_METHOD = "ambiguous_payment_method"  # both
+    CARD_DATA_IN_REQUEST = "card_data_in_request"  # a PAN or CVV in a free-text field (I6)
+    # Idempotency.
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # same command_id, other parameters
+    # State machine.
+    UNSUPPORTED_COMMAND = "unsupported_command"  # e.g. a payment-method command for a payment
+    PAYMENT_NOT_FOUND = "payment_not_found"
+    PAYMENT_ALREADY_EXISTS = "payment_already_exists"
+    PAYMENT_METHOD_NOT_FOUND = "payment_method_not_found"  # saved method not resolved to a token
+    PAYMENT_NOT_CAPTURABLE = "payment_not_capturable"
+    PAYMENT_NOT_CANCELABLE = "payment_not_cancelable"
+    PAYMENT_NOT_REFUNDABLE = "payment_not_refundable"
+    CAPTURE_EXCEEDS_AUTHORIZED = "capture_exceeds_authorized"
+    REFUND_EXCEEDS_CAPTURED = "refund_exceeds_captured"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    OPERATION_IN_PROGRESS = "operation_in_progress"  # a gateway call for this payment is in flight
+    REFUND_ID_REUSED = "refund_id_reused"
+    # After acceptance: the gateway refused a capture/cancel (CommandRejected as the result).
+    GATEWAY_ERROR = "gateway_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A command that cannot be accepted; ``detail`` is for humans and never echoes input."""
+
+    reason: RejectionReason
+    detail: str | None = None

@@ -1,0 +1,178 @@
+"""Card-data guard (invariant I6): find card numbers (PANs) and CVVs before they go anywhere.
+
+A PAN is a Luhn-valid run of 13-19 digits. Card numbers are often written in groups
+("4242 4242 4242 4242", "4242-4242-4242-4242"), so a run may contain single spaces or dashes
+between digit groups. For a run of several groups every contiguous span of whole groups with
+13-19 digits is checked, so a PAN followed by another number ("4242... 1234") is still found.
+An unbroken digit string longer than 19 digits is an identifier, not a card, and is not
+searched for sub-windows (that would flag most long order numbers).
+
+Only ``redact`` returns text derived from the input; ``scan`` returns paths, never values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+__all__ = [
+    "REDACTED_PAN",
+    "find_pan",
+    "find_pan_spans",
+    "looks_like_cvv_field",
+    "luhn_valid",
+    "redact",
+    "scan",
+]
+
+REDACTED_PAN: Final = "[REDACTED-PAN]"
+_MIN_PAN_DIGITS: Final = 13
+_MAX_PAN_DIGITS: Final = 19
+
+# Digit groups joined by exactly one space or dash, not touching further digits.
+_DIGIT_RUN: Final = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
+_GROUP: Final = re.compile(r"\d+")
+
+_CVV_NAME_PARTS: Final = ("cvv", "cvc", "cvn", "securitycode", "cardverification")
+_CVV_EXACT_NAMES: Final = frozenset({"csc", "cid"})
+_CVV_VALUE: Final = re.compile(r"\d{3,4}")
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check over a string of ASCII digits."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _is_pan(digits: str) -> bool:
+    return _MIN_PAN_DIGITS <= len(digits) <= _MAX_PAN_DIGITS and luhn_valid(digits)
+
+
+def find_pan_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of PAN-like runs in ``text``, left to right."""
+    spans: list[tuple[int, int]] = []
+    for run in _DIGIT_RUN.finditer(text):
+        groups = list(_GROUP.finditer(run.group()))
+        base = run.start()
+        index = 0
+        while index < len(groups):
+            found_end = -1
+            digits = ""
+            # The longest span of whole groups starting here that is a PAN.
+            for end in range(index, len(groups)):
+                digits += groups[end].group()
+                if len(digits) > _MAX_PAN_DIGITS:
+                    break
+                if _is_pan(digits):
+                    found_end = end
+            if found_end >= 0:
+                spans.append((base + groups[index].start(), base + groups[found_end].end()))
+                index = found_end + 1
+            else:
+                index += 1
+    return spans
+
+
+def find_pan(text: str) -> bool:
+    """True when ``text`` contains a Luhn-valid 13-19 digit run (groups may be separated)."""
+    return bool(find_pan_spans(text))
+
+
+def redact(text: str) -> str:
+    """``text`` with every PAN-like run replaced by ``[REDACTED-PAN]``."""
+    spans = find_pan_spans(text)
+    if not spans:
+        return text
+    parts: list[str] = []
+    position = 0
+    for start, end in spans:
+        parts.append(text[position:start])
+        parts.append(REDACTED_PAN)
+        position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def _normalized_name(name: str) -> str:
+    return "".join(char for char in name.lower() if char.isalnum())
+
+
+def looks_like_cvv_field(name: str, value: object) -> bool:
+    """True for a CVV-ish field name (cvv, cvc, cvv2, security_code, card_verification ...)
+    holding a 3-4 digit value (string, possibly padded with spaces, or a small int)."""
+    normalized = _normalized_name(name)
+    if not (normalized in _CVV_EXACT_NAMES or any(part in normalized for part in _CVV_NAME_PARTS)):
+        return False
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value <= 9999
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return _CVV_VALUE.fullmatch(value.strip()) is not None
+    return False
+
+
+def _text_has_pan(value: object) -> bool:
+    if isinstance(value, str):
+        return find_pan(value)
+    if isinstance(value, bytes):
+        return find_pan(value.decode("latin-1"))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return find_pan(str(abs(value)))
+    return False
+
+
+def _children(obj: object) -> Iterator[tuple[str, object, str | None]]:
+    """(path suffix, child value, field name or None) for each child of a container."""
+    if isinstance(obj, Mapping):
+        for key, child in obj.items():
+            name = key if isinstance(key, str) else None
+            yield f".{redact(str(key))}", child, name
+    elif isinstance(obj, list | tuple | set | frozenset):
+        items = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
+        for index, child in enumerate(items):
+            yield f"[{index}]", child, None
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            yield f".{field.name}", getattr(obj, field.name), field.name
+
+
+def scan(obj: object) -> list[str]:
+    """Paths (``$.a.b[2]``) of every field holding a PAN or a CVV, never the values.
+
+    Walks nested mappings, lists, tuples, sets and dataclass instances. Mapping keys are
+    checked too; a key that itself holds a PAN appears redacted in the reported path.
+    """
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(value: object, path: str, name: str | None) -> None:
+        if name is not None and (looks_like_cvv_field(name, value) or find_pan(name)):
+            found.append(path)
+            return
+        if _text_has_pan(value):
+            found.append(path)
+            return
+        if isinstance(value, str | bytes | int | float) or value is None:
+            return
+        if id(value) in seen:  # a cycle; nothing new below
+            return
+        seen.add(id(value))
+        for suffix, child, child_name in _children(value):
+            walk(child, path + suffix, child_name)
+
+    walk(obj, "$", None)
+    return found
