@@ -1,0 +1,524 @@
+"""The HTTP edge, served by faust's own web server (aiohttp) in every worker.
+
+* ``POST /webhooks/{gateway}``: verified on the raw bytes by the gateway client, mapped to the
+  ``payment.webhooks`` record and produced keyed by payment_id (Java murmur2 partitioning, the
+  same as the agents'); answered only once Kafka has it.
+* ``GET /payments/{id}``: the live state from the ``payments`` table, answered by the worker
+  that owns the key's partition (faust ``table_route`` forwards the request there).
+* ``GET /payments?order_id=``, ``/payments/{id}/history``, ``/customers/{id}/payment-methods``:
+  from the sink's Postgres tables.
+* The command facade: ``POST /payments`` and friends become Avro commands on
+  ``payment.requests``; the ``Idempotency-Key`` header is the command id.
+* ``/health`` and ``/ready`` for the orchestrator.
+
+Sends from here use the plain (non-transactional) producer on purpose: with exactly_once,
+faust's ``topic.send`` would join the open transaction of the destination partition's group,
+which only the worker owning that partition has, and which a later abort would roll back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from functools import wraps
+from typing import Any, Final, TypeVar
+
+import faust
+import psycopg
+from aiohttp.web import Request
+from faust.web import Response, View
+from pydantic import BaseModel, ValidationError
+
+from gateway_clients.protocol import GatewayNotification, InvalidWebhookError, PaymentGateway
+from paystream.core.sensitive import find_pan
+from paystream.web import mapping
+from paystream.web.auth import authenticate
+from paystream.web.context import WebContext
+from paystream.web.models import (
+    AddPaymentMethodRequest,
+    CancelPaymentRequest,
+    CapturePaymentRequest,
+    CreatePaymentRequest,
+    RefundPaymentRequest,
+    validation_reasons,
+)
+from paystream.web.queries import PgPool, Queries
+from streams import topics
+from streams.avro import RegistryUnavailable
+
+__all__ = ["HttpError", "install_web"]
+
+log = logging.getLogger("paystream.web")
+
+GATEWAY_NAMES: Final = ("simulated", "stripe", "paypal", "adyen")
+#: InvalidWebhookError codes that mean "the payload is bad", not "the signature is": 400, not 401.
+_PAYLOAD_ERRORS: Final = frozenset({None, "malformed_event", "batch_webhook"})
+_IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
+_PATH_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_ACTOR_KEY: Final = "paystream_actor"
+_INSTALLED_FLAG: Final = "_paystream_web_installed"
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Response]])
+M = TypeVar("M", bound=BaseModel)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class HttpError(Exception):
+    """Answer with ``status`` and a JSON ``{"error": reason, ...}``; audited as rejected."""
+
+    def __init__(self, status: int, reason: str, *, headers: Mapping[str, str] | None = None,
+                 resource: str | None = None, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+        self.resource = resource
+        self.body: dict[str, Any] = {"error": reason, **extra}
+
+
+class Edge:
+    """The edge's state and the operations its views share."""
+
+    def __init__(self, app: faust.App, ctx: WebContext) -> None:
+        self.app = app
+        self.ctx = ctx
+        self.keys = ctx.resolved_api_keys()
+        if not self.keys:
+            log.warning("no API keys configured (PAYSTREAM_API_KEYS): every authenticated call answers 401")
+        self.pool = PgPool(ctx.postgres_dsn, ctx.web_settings.pg_pool_size)
+        self.queries = Queries(self.pool)
+
+    # --- audit and auth -----------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, resource: str, outcome: str, origin: str,
+              detail: dict[str, Any] | None = None) -> None:
+        try:
+            self.ctx.audit(actor, action, resource, outcome, origin, detail or {})
+        except Exception:  # the audit hook must never break the request it records
+            log.exception("audit hook failed for %s %s", action, resource)
+
+    def endpoint(self, action: str, *, authenticated: bool = True) -> Callable[[Handler], Handler]:
+        """Wrap a view method: API-key check (unless a webhook/probe), ``HttpError`` → JSON, audit."""
+
+        def decorate(fun: Handler) -> Handler:
+            @wraps(fun)
+            async def handler(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+                origin = origin_of(request)
+                actor = f"gateway:{kwargs.get('gateway', '?')}" if not authenticated else "anonymous"
+                if authenticated:
+                    key_id = authenticate(request.headers.get("Authorization"), self.keys)
+                    if key_id is None:
+                        self.audit(actor, action, request.path, "rejected", origin,
+                                   {"status": 401, "reason": "unauthenticated"})
+                        return view.json({"error": "unauthenticated"}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="paystream"'})
+                    actor = key_id
+                    request[_ACTOR_KEY] = key_id
+                try:
+                    return await fun(view, request, *args, **kwargs)
+                except HttpError as exc:
+                    detail = {"status": exc.status, "reason": exc.reason}
+                    detail.update({k: v for k, v in exc.body.items() if k in ("reason_code", "fields")})
+                    self.audit(actor, action, exc.resource or request.path, "rejected", origin, detail)
+                    return view.json(exc.body, status=exc.status, headers=exc.headers or None)
+
+            return handler  # type: ignore[return-value]
+
+        return decorate
+
+    # --- Kafka --------------------------------------------------------------------------
+
+    async def produce(self, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send outside any transaction and wait until Kafka acknowledged it (acks=all)."""
+        producer = self.app.producer
+        try:
+            await producer.maybe_start()
+            await producer.send_and_wait(topic, key.encode(), value, None, None, headers, transactional_id=None)
+        except Exception as exc:
+            log.warning("producing to %s failed: %s", topic, type(exc).__name__)
+            raise HttpError(503, "kafka_unavailable", headers={"Retry-After": "5"}) from None
+
+    def encode(self, topic: str, record: Mapping[str, Any]) -> bytes:
+        try:
+            return self.ctx.codecs[topic].encode(record)
+        except RegistryUnavailable:
+            raise HttpError(503, "schema_registry_unavailable", headers={"Retry-After": "5"}) from None
+        except Exception as exc:  # a registry or encoding failure: never echo the record
+            log.warning("encoding a %s record failed: %s", topic, type(exc).__name__)
+            raise HttpError(503, "encoding_failed", headers={"Retry-After": "5"}) from None
+
+    async def send_command(self, payment_id: str, record: Mapping[str, Any]) -> None:
+        await self.produce(topics.REQUESTS, payment_id, self.encode(topics.REQUESTS, record))
+
+    # --- Postgres -----------------------------------------------------------------------
+
+    async def query(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (psycopg.Error, OSError) as exc:
+            log.warning("postgres query failed: %s", type(exc).__name__)
+            raise HttpError(503, "database_unavailable", headers={"Retry-After": "5"}) from None
+
+
+# --- request helpers ------------------------------------------------------------------------
+
+
+def origin_of(request: Request) -> str:
+    return f"http:{getattr(request, 'remote', None) or '-'}"
+
+
+def actor_of(request: Request) -> str:
+    return str(request.get(_ACTOR_KEY, "anonymous"))
+
+
+def reject_card_data(obj: object) -> None:
+    paths = mapping.sensitive_paths(obj)
+    if paths:
+        raise HttpError(400, "sensitive_data_rejected", fields=paths)
+
+
+def raw_has_pan(raw: bytes) -> bool:
+    return find_pan(raw.decode("utf-8", errors="replace"))
+
+
+def _reason(field: str, kind: str, msg: str) -> dict[str, str]:
+    return {"field": field, "type": kind, "msg": msg}
+
+
+async def read_json(request: Request, *, allow_empty: bool) -> dict[str, Any]:
+    """The body as a JSON object, after the card-data guard (which runs before any parsing error)."""
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise HttpError(422, "invalid_body", reasons=[_reason("$", "missing", "a JSON body is required")])
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        if raw_has_pan(raw):
+            raise HttpError(400, "sensitive_data_rejected", fields=["$"]) from None
+        raise HttpError(400, "invalid_json") from None
+    reject_card_data(body)
+    if not isinstance(body, dict):
+        raise HttpError(422, "invalid_body", reasons=[_reason("$", "object_type", "expected a JSON object")])
+    return body
+
+
+def parse(model: type[M], body: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise HttpError(422, "invalid_body", reasons=validation_reasons(exc)) from None
+
+
+def idempotency_key(request: Request, *, required: bool = True) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is None or not value.strip():
+        if required:
+            raise HttpError(400, "idempotency_key_required")
+        return None
+    if find_pan(value):
+        raise HttpError(400, "sensitive_data_rejected", fields=["header:Idempotency-Key"])
+    if not _IDEMPOTENCY_KEY.match(value):
+        raise HttpError(400, "invalid_idempotency_key", detail="1-255 visible ASCII characters")
+    return value
+
+
+def path_id(name: str, value: str) -> str:
+    if find_pan(value):
+        raise HttpError(400, "sensitive_data_rejected", fields=[f"path:{name}"])
+    if not _PATH_ID.match(value):
+        raise HttpError(404, "not_found")
+    return value
+
+
+def built(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return call()
+    except mapping.CommandRejectedAtEdge as exc:
+        raise HttpError(422, "invalid_command", reasons=[{"field": "$", "type": exc.rejection.reason.value,
+                                                          "msg": exc.rejection.detail}]) from None
+
+
+def _limit(request: Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise HttpError(400, "invalid_limit", detail="limit must be 1..500")
+    return int(raw)
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+
+def verify_webhook(gw: PaymentGateway, raw: bytes, headers: Mapping[str, str], now: int) -> list[GatewayNotification]:
+    """All notifications of a delivery (Adyen batches several), verified on the raw bytes."""
+    verify_all = getattr(gw, "verify_and_parse_all", None)
+    if callable(verify_all):
+        return list(verify_all(raw))
+    return [gw.verify_and_parse(raw, headers, now=now)]
+
+
+# --- install -------------------------------------------------------------------------------
+
+
+def install_web(app: faust.App, ctx: WebContext) -> None:
+    """Register the edge's views on the app's web server (idempotent per app)."""
+    if getattr(app, _INSTALLED_FLAG, False):
+        return
+    setattr(app, _INSTALLED_FLAG, True)
+    # faust's /table blueprint serves raw table values (payment method tokens included)
+    # without authentication; it is chosen when app.web is first built, i.e. just below.
+    with warnings.catch_warnings():  # "already used": handled just below
+        warnings.simplefilter("ignore")
+        app.conf.web_tables_enabled = False
+    if "web" in vars(app):  # app.web was built earlier: drop the blueprint it already picked
+        blueprints = app.web.blueprints
+        blueprints._enabled = [(prefix, bp) for prefix, bp in blueprints._enabled if "apps.tables" not in str(bp)]
+    edge = Edge(app, ctx)
+    table = ctx.payments_table
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/ready")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            reasons = []
+            if app.rebalancing:
+                reasons.append("rebalancing")
+            recovery = app.tables.recovery  # type: ignore[attr-defined]
+            if not recovery.completed.is_set() or recovery.in_recovery:
+                reasons.append("table_recovery")
+            try:
+                assigned = len(app.consumer.assignment())
+            except Exception:
+                assigned = 0
+                reasons.append("consumer_not_started")
+            body = {"ready": not reasons, "assigned_partitions": assigned, "waiting_for": reasons}
+            return self.json(body, status=200 if not reasons else 503)
+
+    @app.page("/webhooks/{gateway}")
+    class Webhooks(View):
+        @edge.endpoint("webhook.receive", authenticated=False)
+        async def post(self, request: Request, gateway: str) -> Response:
+            return await receive_webhook(self, request, gateway)
+
+    async def receive_webhook(view: View, request: Request, gateway: str) -> Response:
+        origin, actor, resource = origin_of(request), f"gateway:{gateway}", f"webhook:{gateway}"
+        if gateway not in GATEWAY_NAMES:
+            raise HttpError(404, "unknown_gateway", resource=resource)
+        gw = ctx.gateways.get(gateway)
+        if gw is None:
+            raise HttpError(404, "gateway_not_configured", resource=resource)
+        raw: bytes = await request.read()
+        if raw_has_pan(raw):
+            raise HttpError(400, "sensitive_data_rejected", resource=resource)
+        now = int(time.time())
+        try:
+            notifications = verify_webhook(gw, raw, request.headers, now)
+        except InvalidWebhookError as exc:
+            code = exc.gateway_code
+            if code == "unsupported_event":  # verified, just not an event we use
+                edge.audit(actor, "webhook.receive", resource, "ignored", origin, {"reason": code})
+                return view.json({"ignored": [{"reason": code}], "accepted": []})
+            log.info("webhook for %s refused: %s", gateway, code or "invalid")
+            status = 400 if code in _PAYLOAD_ERRORS else 401
+            raise HttpError(status, "invalid_webhook", reason_code=code or "invalid", resource=resource) from None
+        except Exception as exc:  # a translator bug must not become a 500 the gateway retries forever
+            log.warning("webhook for %s unparseable: %s", gateway, type(exc).__name__)
+            raise HttpError(400, "invalid_webhook", reason_code="unparseable", resource=resource) from None
+        received_at = now_ms()
+        outgoing: list[tuple[str, dict[str, Any]]] = []
+        ignored: list[dict[str, str]] = []
+        for n in notifications:
+            if mapping.notification_kind(n) is None:
+                ignored.append({"notification_id": n.event_id, "reason": f"not_actionable:{n.result.status.value}"})
+                continue
+            payment_id = n.payment_id
+            if payment_id is None and n.result.gateway_ref:
+                payment_id = await edge.query(edge.queries.payment_id_by_gateway_ref(gateway, n.result.gateway_ref))
+                if payment_id is None:  # the sink may lag behind: let the gateway redeliver later
+                    raise HttpError(503, "payment_not_resolved", headers={"Retry-After": "60"}, resource=resource)
+            if payment_id is None:
+                ignored.append({"notification_id": n.event_id, "reason": "payment_unknown"})
+                continue
+            record = mapping.notification_record(gateway, n, payment_id=payment_id, received_at=received_at)
+            if isinstance(record, mapping.Ignored):
+                ignored.append({"notification_id": record.notification_id, "reason": record.reason})
+            else:
+                outgoing.append((payment_id, record))
+        for payment_id, record in outgoing:
+            value = edge.encode(topics.WEBHOOKS, record)
+            await edge.produce(topics.WEBHOOKS, payment_id, value,
+                               headers=[("ps_gateway", gateway.encode()), ("ps_kind", str(record["kind"]).encode())])
+        accepted = [r["notification_id"] for _, r in outgoing]
+        edge.audit(actor, "webhook.receive", resource, "accepted" if accepted else "ignored", origin,
+                   {"accepted": accepted, "ignored": ignored,
+                    "payments": sorted({p for p, _ in outgoing})})
+        return view.json({"accepted": accepted, "ignored": ignored})
+
+    # --- queries -------------------------------------------------------------------------
+
+    @app.page("/payments/{payment_id}")
+    class Payment(View):
+        @edge.endpoint("payment.read")
+        @app.table_route(table=table, match_info="payment_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, payment_id: str) -> Response:
+            path_id("payment_id", payment_id)
+            view = mapping.payment_view(payment_id, table.get(payment_id))
+            resource = f"payment:{payment_id}"
+            if view is None:
+                raise HttpError(404, "payment_not_found", resource=resource)
+            edge.audit(actor_of(request), "payment.read", resource, "ok", origin_of(request), {})
+            return self.json(view)
+
+    @app.page("/payments")
+    class Payments(View):
+        @edge.endpoint("payment.list")
+        async def get(self, request: Request) -> Response:
+            query = request.query
+            order_id, customer_id = query.get("order_id"), query.get("customer_id")
+            if order_id is None and customer_id is None:
+                raise HttpError(400, "filter_required", detail="give order_id or customer_id")
+            for name, value in (("order_id", order_id), ("customer_id", customer_id)):
+                if value is not None:
+                    path_id(name, value)
+            rows = await edge.query(edge.queries.payments_by(order_id=order_id, customer_id=customer_id,
+                                                             limit=_limit(request)))
+            resource = f"order:{order_id}" if order_id else f"customer:{customer_id}"
+            edge.audit(actor_of(request), "payment.list", resource, "ok", origin_of(request), {"count": len(rows)})
+            return self.json({"payments": rows})
+
+        @edge.endpoint("payment.create")
+        async def post(self, request: Request) -> Response:
+            key = idempotency_key(request)
+            assert key is not None
+            body = await read_json(request, allow_empty=False)
+            req = parse(CreatePaymentRequest, body)
+            actor = actor_of(request)
+            payment_id = mapping.derived_id("pay", actor, key)
+            record = built(lambda: mapping.create_payment_command(
+                req, payment_id=payment_id, command_id=key, origin=f"api:{actor}", issued_at=now_ms()))
+            await edge.send_command(payment_id, record)
+            edge.audit(actor, "payment.create", f"payment:{payment_id}", "accepted", origin_of(request),
+                       {"command_id": key, "amount": req.amount, "currency": req.currency, "order_id": req.order_id})
+            return self.json({"payment_id": payment_id, "command_id": key}, status=202,
+                             headers={"Location": f"/payments/{payment_id}"})
+
+    @app.page("/payments/{payment_id}/history")
+    class History(View):
+        @edge.endpoint("payment.history")
+        async def get(self, request: Request, payment_id: str) -> Response:
+            path_id("payment_id", payment_id)
+            resource = f"payment:{payment_id}"
+            events = await edge.query(edge.queries.history(payment_id))
+            if not events:
+                raise HttpError(404, "payment_not_found", resource=resource)
+            edge.audit(actor_of(request), "payment.history", resource, "ok", origin_of(request), {"count": len(events)})
+            return self.json({"payment_id": payment_id, "events": events})
+
+    # --- command facade ------------------------------------------------------------------
+
+    async def payment_command(view: View, request: Request, payment_id: str, action: str,
+                              build: Callable[[str, str, Any], dict[str, Any]],
+                              model: type[BaseModel]) -> Response:
+        path_id("payment_id", payment_id)
+        key = idempotency_key(request)
+        assert key is not None
+        body = await read_json(request, allow_empty=True)
+        req = parse(model, body)
+        actor = actor_of(request)
+        record = built(lambda: build(actor, key, req))
+        await edge.send_command(payment_id, record)
+        detail = {"command_id": key, **{k: v for k, v in req.model_dump().items() if k in ("amount", "currency")}}
+        if "refund_id" in record["command"]:
+            detail["refund_id"] = record["command"]["refund_id"]
+        edge.audit(actor, action, f"payment:{payment_id}", "accepted", origin_of(request), detail)
+        answer = {"payment_id": payment_id, "command_id": key}
+        if "refund_id" in detail:
+            answer["refund_id"] = detail["refund_id"]
+        return view.json(answer, status=202, headers={"Location": f"/payments/{payment_id}"})
+
+    @app.page("/payments/{payment_id}/capture")
+    class Capture(View):
+        @edge.endpoint("payment.capture")
+        async def post(self, request: Request, payment_id: str) -> Response:
+            return await payment_command(
+                self, request, payment_id, "payment.capture",
+                lambda actor, key, req: mapping.capture_command(
+                    req, payment_id=payment_id, command_id=key, origin=f"api:{actor}", issued_at=now_ms()),
+                CapturePaymentRequest)
+
+    @app.page("/payments/{payment_id}/cancel")
+    class Cancel(View):
+        @edge.endpoint("payment.cancel")
+        async def post(self, request: Request, payment_id: str) -> Response:
+            return await payment_command(
+                self, request, payment_id, "payment.cancel",
+                lambda actor, key, req: mapping.cancel_command(
+                    req, payment_id=payment_id, command_id=key, origin=f"api:{actor}", issued_at=now_ms()),
+                CancelPaymentRequest)
+
+    @app.page("/payments/{payment_id}/refunds")
+    class Refunds(View):
+        @edge.endpoint("payment.refund")
+        async def post(self, request: Request, payment_id: str) -> Response:
+            return await payment_command(
+                self, request, payment_id, "payment.refund",
+                lambda actor, key, req: mapping.refund_command(
+                    req, payment_id=payment_id, command_id=key, origin=f"api:{actor}", issued_at=now_ms(),
+                    refund_id=mapping.derived_id("re", actor, key)),
+                RefundPaymentRequest)
+
+    @app.page("/customers/{customer_id}/payment-methods")
+    class PaymentMethods(View):
+        @edge.endpoint("payment_method.list")
+        async def get(self, request: Request, customer_id: str) -> Response:
+            path_id("customer_id", customer_id)
+            methods = await edge.query(edge.queries.payment_methods(customer_id))
+            edge.audit(actor_of(request), "payment_method.list", f"customer:{customer_id}", "ok", origin_of(request),
+                       {"count": len(methods)})
+            return self.json({"customer_id": customer_id, "payment_methods": methods})
+
+        @edge.endpoint("payment_method.add")
+        async def post(self, request: Request, customer_id: str) -> Response:
+            path_id("customer_id", customer_id)
+            key = idempotency_key(request)
+            assert key is not None
+            req = parse(AddPaymentMethodRequest, await read_json(request, allow_empty=False))
+            actor = actor_of(request)
+            method_id = mapping.derived_id("pm", actor, key)
+            record = built(lambda: mapping.add_method_command(
+                req, customer_id=customer_id, method_id=method_id, command_id=key, origin=f"api:{actor}",
+                issued_at=now_ms()))
+            await edge.send_command(method_id, record)
+            edge.audit(actor, "payment_method.add", f"payment_method:{method_id}", "accepted", origin_of(request),
+                       {"command_id": key, "customer_id": customer_id, "gateway": req.gateway})
+            return self.json({"payment_method_id": method_id, "command_id": key}, status=202)
+
+    @app.page("/customers/{customer_id}/payment-methods/{method_id}")
+    class PaymentMethod(View):
+        @edge.endpoint("payment_method.remove")
+        async def delete(self, request: Request, customer_id: str, method_id: str) -> Response:
+            path_id("customer_id", customer_id)
+            path_id("method_id", method_id)
+            actor = actor_of(request)
+            key = idempotency_key(request, required=False) or mapping.derived_id("rm", customer_id, method_id)
+            record = built(lambda: mapping.remove_method_command(
+                customer_id=customer_id, method_id=method_id, command_id=key, origin=f"api:{actor}",
+                issued_at=now_ms()))
+            await edge.send_command(method_id, record)
+            edge.audit(actor, "payment_method.remove", f"payment_method:{method_id}", "accepted", origin_of(request),
+                       {"command_id": key, "customer_id": customer_id})
+            return self.json({"payment_method_id": method_id, "command_id": key}, status=202)
+
+    log.info("HTTP edge installed: gateways %s, %d API keys", sorted(ctx.gateways), len(edge.keys))
