@@ -61,6 +61,55 @@ def cloudevent_headers(ev: evs.PaymentEvent) -> list[tuple[str, bytes]]:
     ]
 
 
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    """A message read back by ``GapReader``, shaped like a faust event for the handlers."""
+
+    message: _Message
+
+
+class GapReader:
+    """Reads a range of offsets of one partition directly (read_committed, no group)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 15.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[_Message]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", group_id=None)
+        await consumer.start()
+        out: list[_Message] = []
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            deadline = time.monotonic() + self.timeout_s
+            while await consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    metrics.GAPS_UNREADABLE.labels(topic).inc()
+                    log.error("could not read back %s:%d offsets %d..%d", topic, partition, start, end - 1)
+                    break
+                batch = await consumer.getmany(tp, timeout_ms=200)
+                for rec in batch.get(tp, []):
+                    if start <= rec.offset < end:
+                        out.append(_Message(topic, partition, rec.offset, rec.key, rec.value))
+        finally:
+            await consumer.stop()
+        return out
+
+
 @dataclass
 class Wiring:
     settings: Settings
@@ -77,6 +126,9 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     # Keys are payment ids (str); values are JSON (the app's default value serializer).
     payments_table = app.Table("payments", default=None, key_type=str)
     idempotency_table = app.Table("idempotency", default=None, key_type=str)
+    # The last offset applied per input partition ("topic:partition" -> offset), written in the
+    # same transaction as everything else: see ``guarded`` below.
+    applied_offsets = app.Table("applied-offsets", default=None, key_type=str)
 
     processor = PaymentProcessor(
         payments_table, idempotency_table,
@@ -191,14 +243,46 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         topics.WEBHOOKS: on_webhook,
     }
 
+    gaps = GapReader(s.kafka_bootstrap)
+
+    async def handle(event: Any) -> None:
+        try:
+            await handlers[event.message.topic](event)
+        except Exception as exc:  # never let one message stop the worker
+            log.exception("processing %s failed", event.message.topic)
+            await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def guarded(event: faust.EventT) -> None:
+        """Apply each input offset exactly once, in order, whatever the consumer delivers.
+
+        faust-streaming was seen skipping the first message of a partition when a worker
+        starts under load (across the recovery → ready switch) and can redeliver messages
+        around rebalances. The last applied offset per partition lives in a changelog-backed
+        table, committed atomically with the outputs, so a redelivered offset is skipped and a
+        jump is healed by reading the missing offsets directly before going on. A gap of only
+        transaction markers reads back empty.
+        """
+        m = event.message
+        key = f"{m.topic}:{m.partition}"
+        last = applied_offsets.get(key)
+        if last is not None and m.offset <= last:
+            metrics.REDELIVERED.labels(m.topic).inc()
+            return
+        if last is not None and m.offset > last + 1:
+            missing = await gaps.read(m.topic, m.partition, last + 1, m.offset)
+            if missing:
+                metrics.GAPS_HEALED.labels(m.topic).inc(len(missing))
+                log.warning("consumer skipped %d message(s) of %s before offset %d: applying them now",
+                            len(missing), key, m.offset)
+            for msg in missing:
+                await handle(_Replayed(msg))
+        await handle(event)
+        applied_offsets[key] = m.offset
+
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            try:
-                await handlers[event.message.topic](event)
-            except Exception as exc:  # never let one message stop the worker
-                log.exception("processing %s failed", event.message.topic)
-                await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
+            await guarded(event)
 
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,

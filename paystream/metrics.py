@@ -21,3 +21,7 @@ UNKNOWN_PENDING = Gauge("paystream_unknown_outcomes_pending", "Payments whose ga
 UNKNOWN_OLDEST_AGE = Gauge("paystream_unknown_outcome_oldest_age_seconds", "Age of the oldest unknown outcome")
 QUEUED = Counter("paystream_commands_queued_total", "Commands that waited for a payment's gateway call")
 DUPLICATES = Counter("paystream_commands_duplicate_total", "Repeated command ids answered from the idempotency table")
+REDELIVERED = Counter("paystream_input_redelivered_total", "Input messages delivered again and skipped", ["topic"])
+GAPS_HEALED = Counter("paystream_input_gaps_healed_total", "Input messages the consumer skipped, read back", ["topic"])
+GAPS_UNREADABLE = Counter("paystream_input_gaps_unreadable_total", "Skipped ranges that could not be read back",
+                          ["topic"])

@@ -109,3 +109,24 @@ def test_restart_recovers_state_from_the_changelog(worker, sink, producer, colle
     assert all(counts[c] == 1 for cs in ids.values() for c in cs), counts
     rows, _ = wait_pg(pg_dsn, {manual: 4, auto: 4})
     assert rows[manual][0] == "succeeded" and rows[auto][0] == "partially_refunded"
+
+
+def test_worker_started_under_load_applies_every_command(worker, producer, collector):
+    """Commands arriving while a worker starts (table recovery → ready) are all applied.
+
+    faust-streaming was seen to skip a partition's first message across that switch in about
+    one restart out of three; the offset guard in agents/payments.py reads skipped offsets back.
+    """
+    worker.stop()
+    worker.start()
+    ids = {}
+    for _ in range(300):
+        pid = uid("startup-load")
+        ids[pid] = {producer.send(create_cmd(pid))["command_id"]}
+    producer.flush()
+    assert collector.wait_terminal(ids, 120), [p for p in ids if not collector.by_payment[p]][:10]
+    collector.poll(1.0)
+    counts = collector.terminal_causations()
+    assert all(counts[c] == 1 for cs in ids.values() for c in cs)
+    for pid in ids:
+        check_sequences(collector.by_payment[pid])
