@@ -4,6 +4,7 @@ sending commands and looking at what happened. `paystream COMMAND --help` explai
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,13 @@ from paystream.config import get_settings
 
 @click.group(help=__doc__)
 def main() -> None:
-    pass
+    # On a developer machine the local stack's addresses are the defaults; anything set in
+    # the environment wins.
+    from paystream import stack as st
+
+    if st.stack_dir().exists():
+        for key, value in st.env_for_clients().items():
+            os.environ.setdefault(key, value)
 
 
 # ------------------------------------------------------------------ stack

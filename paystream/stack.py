@@ -498,12 +498,27 @@ def stripe_mock_healthy() -> bool:
 # --------------------------------------------------------------------------- simulated gateway
 
 
+def simgw_webhook_secret() -> str:
+    """A per-stack random secret the simulated gateway signs its webhooks with."""
+    path = stack_dir() / "secrets" / "simgw_webhook_secret"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("whsec_" + secrets.token_hex(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def start_simgw() -> int:
+    web_port = os.environ.get("PAYSTREAM_WEB_PORT", "6066")
     return spawn(
         "simgw",
         [
             sys.executable, "-m", "gateway_clients.simulated.server",
             "--host", "127.0.0.1", "--port", str(PORTS["simgw"]),
+            "--webhook-url", f"http://127.0.0.1:{web_port}/webhooks/simulated",
+            "--webhook-secret", simgw_webhook_secret(),
         ],
         env={"PYTHONPATH": str(REPO)},
     )
@@ -551,4 +566,5 @@ def env_for_clients() -> dict[str, str]:
         "PAYSTREAM_POSTGRES_DSN": postgres_dsn(),
         "PAYSTREAM_STRIPE_API_BASE": f"http://127.0.0.1:{PORTS['stripe_mock']}",
         "PAYSTREAM_SIMGW_URL": f"http://127.0.0.1:{PORTS['simgw']}",
+        "PAYSTREAM_SIMGW_WEBHOOK_SECRETS": simgw_webhook_secret(),
     }

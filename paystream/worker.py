@@ -10,6 +10,7 @@ import faust
 from agents.payments import Wiring, install
 from gateway_clients.protocol import PaymentGateway
 from paystream.config import Settings
+from paystream.web import install_web, web_context
 from streams import topics
 from streams.app import create_app
 from streams.avro import codecs, register_schemas, registry_client
@@ -18,15 +19,17 @@ log = logging.getLogger("paystream.worker")
 
 
 def build_gateways(settings: Settings) -> dict[str, PaymentGateway]:
-    from gateway_clients.simulated.client import InProcessSimulatedGateway, SimulatedGatewayClient
-    from gateway_clients.simulated.engine import SimulatedGatewayEngine
+    """Every gateway whose settings are present (with webhook secrets, so the HTTP edge can
+    verify their notifications); the simulated one in-process when asked (benchmarks)."""
+    from paystream.web import build_webhook_gateways
 
-    gateways: dict[str, PaymentGateway] = {}
+    gateways = build_webhook_gateways(settings)
     if settings.simgw_in_process:
+        from gateway_clients.simulated.client import InProcessSimulatedGateway
+        from gateway_clients.simulated.engine import SimulatedGatewayEngine
+
         engine = SimulatedGatewayEngine()
         gateways["simulated"] = InProcessSimulatedGateway(engine, timeout_s=settings.gateway_timeout_s)
-    else:
-        gateways["simulated"] = SimulatedGatewayClient(settings.simgw_url, timeout_s=settings.gateway_timeout_s)
     return gateways
 
 
@@ -42,6 +45,7 @@ def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     app = create_app(settings)
     wiring = Wiring(settings, codecs(registry_client(settings.schema_registry_url)), build_gateways(settings))
     parts = install(app, wiring)
+    install_web(app, web_context(settings, wiring.codecs, parts["payments_table"], gateways=wiring.gateways))
     return app, parts
 
 

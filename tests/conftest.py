@@ -3,6 +3,7 @@ which `make test` runs first); a worker and a sink run as subprocesses, as in pr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -26,6 +27,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+API_KEY = os.environ.setdefault("PAYSTREAM_TEST_API_KEY", "itest-" + uuid.uuid4().hex)  # session worker key "itest"
 
 
 def free_port() -> int:
@@ -109,7 +113,7 @@ def worker(stack_env: dict[str, str], producer: OrderServiceProducer,
     tmp = tmp_path_factory.mktemp("worker")
     port = free_port()
     env = {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(tmp / "data"), "PAYSTREAM_WEB_PORT": str(port),
-           "PYTHONUNBUFFERED": "1"}
+           "PAYSTREAM_API_KEYS": f"itest:{hashlib.sha256(API_KEY.encode()).hexdigest()}", "PYTHONUNBUFFERED": "1"}
     w = Worker(env, tmp / "worker.log", producer, port)
     w.start()
     w.wait_ready()

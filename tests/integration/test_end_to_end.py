@@ -45,7 +45,8 @@ def pg_rows(dsn: str, payment_ids: list[str]) -> tuple[dict[str, tuple[Any, ...]
     return {r[0]: r[1:] for r in rows}, {c[0]: c[1] for c in counts if c[1] == c[2]}
 
 
-def wait_pg(dsn: str, expected: dict[str, int], timeout: float = 60) -> tuple[dict[str, tuple[Any, ...]], dict[str, int]]:
+def wait_pg(dsn: str, expected: dict[str, int],
+            timeout: float = 60) -> tuple[dict[str, tuple[Any, ...]], dict[str, int]]:
     deadline = time.monotonic() + timeout
     rows, counts = {}, {}
     while time.monotonic() < deadline:

@@ -1,23 +1,16 @@
 """The HTTP edge on a real worker (faust's web server) against the local stack: command facade,
 queries from the table and from Postgres, simulated-gateway webhooks.
 
-The worker is started here with ``python -m paystream.web`` (a worker with ``install_web``), API
-keys and a simulated-gateway webhook secret. It joins the shared group "paystream"; because two
-workers joining each other currently crash at rebalance (see the web edge's report), the fixture
-waits for the group to be empty and skips otherwise.
+The session's worker (tests/conftest.py) serves the edge, with an API key for the tests and the
+local stack's simulated-gateway webhook secret.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +19,13 @@ import httpx
 import pytest
 
 from gateway_clients.simulated.webhooks import sign_payload
+from paystream import stack
 from paystream.web.mapping import derived_id
-from tests.conftest import free_port
+from tests.conftest import API_KEY
 from tests.support.kafka_tools import WEBHOOKS, Collector
 
 ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "itest-" + uuid.uuid4().hex
-WEBHOOK_SECRET = "whsec_itest_" + uuid.uuid4().hex[:8]
+WEBHOOK_SECRET = stack.simgw_webhook_secret()  # the local stack's; the session worker verifies with it
 PAN = "4242 4242 4242 4242"
 
 
@@ -47,66 +40,10 @@ class EdgeWorker:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def group_members(bootstrap: str, group: str) -> int:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    except Exception:
-        return 0
-    return len(desc.members)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 @pytest.fixture(scope="module")
-def edge(stack_env: dict[str, str], sink: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeWorker]:
-    deadline = time.monotonic() + 90
-    while group_members(stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], "paystream") and time.monotonic() < deadline:
-        time.sleep(2)
-    if group_members(stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], "paystream"):
-        pytest.skip("another worker is in group 'paystream'; two workers crash at rebalance today")
-    tmp = tmp_path_factory.mktemp("web")
-    port = free_port()
-    env = {
-        **os.environ, **stack_env,
-        "PAYSTREAM_WEB_PORT": str(port),
-        "PAYSTREAM_DATADIR": str(tmp / "data"),
-        "PAYSTREAM_API_KEYS": f"itest:{hashlib.sha256(API_KEY.encode()).hexdigest()}",
-        "PAYSTREAM_SIMGW_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = tmp / "worker.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "paystream.web", "--loglevel", "warn"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = EdgeWorker(f"http://127.0.0.1:{port}", log, proc)
-    try:
-        deadline = time.monotonic() + 120
-        ready = False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready = httpx.get(worker.url + "/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                ready = False
-            if ready:
-                break
-            time.sleep(0.5)
-        if not ready:
-            raise RuntimeError("web worker not ready:\n" + log.read_text(errors="replace")[-3000:])
-        yield worker
-    finally:
-        stop(proc)
+def edge(worker: Any, sink: Any) -> EdgeWorker:
+    """The session's worker: it serves the HTTP edge on its web port."""
+    return EdgeWorker(f"http://127.0.0.1:{worker.web_port}", worker.log, worker.proc)
 
 
 def create_body(**extra: Any) -> dict[str, Any]:
