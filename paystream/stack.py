@@ -362,6 +362,7 @@ def pg_data() -> Path:
     if _pg_user() is None:
         return preferred
     p = stack_dir()
+    p.mkdir(parents=True, exist_ok=True)
     while p != p.parent:
         if not (p.stat().st_mode & 0o001):
             digest = hashlib.sha1(str(stack_dir()).encode()).hexdigest()[:10]
@@ -544,6 +545,7 @@ SERVICES: dict[str, Service] = {
 
 def up(names: list[str] | None = None) -> None:
     t0 = time.monotonic()
+    stack_dir().mkdir(parents=True, exist_ok=True)
     for name in names or list(SERVICES):
         SERVICES[name].up()
     log(f"stack ready in {time.monotonic() - t0:.1f}s; data and logs under {stack_dir()}")
