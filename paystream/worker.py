@@ -6,6 +6,7 @@ import logging
 import sys
 
 import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
 
 from agents.payments import Wiring, install
 from gateway_clients.protocol import PaymentGateway
@@ -43,6 +44,9 @@ def prepare(settings: Settings) -> None:
 
 def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     app = create_app(settings)
+    # /metrics on the worker's web port: faust's stream metrics and paystream's business metrics
+    # (one process registry). The prefix is fixed so metric names do not follow the app id.
+    setup_prometheus_sensors(app, pattern="/metrics", name_prefix="paystream")
     wiring = Wiring(settings, codecs(registry_client(settings.schema_registry_url)), build_gateways(settings))
     parts = install(app, wiring)
     install_web(app, web_context(settings, wiring.codecs, parts["payments_table"], gateways=wiring.gateways))
