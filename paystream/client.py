@@ -74,7 +74,7 @@ class CommandProducer:
 class EventReader:
     """Reads payment.events with read_committed from the beginning (no group commits)."""
 
-    def __init__(self, settings: Settings, group: str | None = None) -> None:
+    def __init__(self, settings: Settings, group: str | None = None, from_end: bool = False) -> None:
         self.codec = codecs(registry_client(settings.schema_registry_url))[topics.EVENTS]
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -85,7 +85,12 @@ class EventReader:
         })
         md = self.consumer.list_topics(topics.EVENTS, timeout=10)
         parts = md.topics[topics.EVENTS].partitions
-        self.consumer.assign([TopicPartition(topics.EVENTS, p, 0) for p in parts])
+        tps = []
+        for p in parts:
+            start = self.consumer.get_watermark_offsets(TopicPartition(topics.EVENTS, p), timeout=10)[1] if from_end \
+                else 0
+            tps.append(TopicPartition(topics.EVENTS, p, start))
+        self.consumer.assign(tps)
 
     def poll(self, timeout: float = 0.5) -> Iterator[dict[str, Any]]:
         for msg in self.consumer.consume(500, timeout):
