@@ -6,9 +6,11 @@ from __future__ import annotations
 import faust
 
 from paystream.config import Settings
+from streams import faust_fixes
 
 
 def create_app(settings: Settings) -> faust.App:
+    faust_fixes.apply()
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -26,6 +28,11 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         datadir=settings.datadir,
         table_cleanup_interval=60.0,
+        # No standby replicas: with standbys, a worker taking over a partition after a
+        # rebalance crashed in recovery (ConsistencyError: persisted offset > highwater -1;
+        # ValueError "Offset must be a positive integer" starting standbys). Without them a
+        # new owner rebuilds the partition from its changelog, slower but correct.
+        table_standby_replicas=0,
         # Topics are created by `paystream topics create` with the right partition count.
         topic_allow_declare=True,
         stream_wait_empty=False,
