@@ -27,8 +27,25 @@ from paystream.metrics import GATEWAY_CALLS, GATEWAY_LATENCY
 log = logging.getLogger("paystream.gateway")
 
 
+def reconciled_operation(call: CallGateway) -> str:
+    """The operation a retrieve call asks about, from its key ``ps-<payment>-<op>-<attempt>``.
+
+    Refund keys carry ``refund:<refund_id>``; payment ids may contain dashes, refund ids not.
+    """
+    if call.operation is not GatewayOperation.RETRIEVE:
+        return call.operation.value
+    if call.refund_id is not None:
+        return GatewayOperation.REFUND.value
+    parts = call.idempotency_key.rsplit("-", 2)
+    op = parts[1].split(":", 1)[0] if len(parts) == 3 else ""
+    return op if op in {o.value for o in GatewayOperation} else GatewayOperation.RETRIEVE.value
+
+
 def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None = None,
-           message: str | None = None) -> dict[str, Any]:
+           message: str | None = None, *, error_code: str | None = None,
+           latency_ms: int | None = None) -> dict[str, Any]:
+    """The reply record: ``input`` is decoded into the machine's dataclass by field name, so
+    anything else (for the sink's payment_transactions) goes into the sibling ``meta``."""
     fields: dict[str, Any] = {
         "idempotency_key": call.idempotency_key,
         "status": status.value,
@@ -39,12 +56,20 @@ def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None 
         "decline_code": result.decline_code.value if result and result.decline_code else None,
         "message": message,
     }
+    meta = {
+        "gateway": call.gateway,
+        "operation": reconciled_operation(call),
+        "attempt": call.attempt,
+        "latency_ms": latency_ms,
+        "error_code": error_code,
+        "replied_at": time.time_ns() // 1_000_000,
+    }
     if call.operation is GatewayOperation.RETRIEVE:
-        return {"kind": "reconcile", "payment_id": call.payment_id,
+        return {"kind": "reconcile", "payment_id": call.payment_id, "meta": meta,
                 "input": {"reconciliation_id": f"rc-{call.idempotency_key}", **fields}}
     fields["operation"] = call.operation.value
     fields["action_url"] = result.action_url if result else None
-    return {"kind": "reply", "payment_id": call.payment_id, "input": fields}
+    return {"kind": "reply", "payment_id": call.payment_id, "meta": meta, "input": fields}
 
 
 async def _invoke(gw: PaymentGateway, call: CallGateway) -> GatewayResult:
@@ -72,28 +97,39 @@ async def execute(gateways: Mapping[str, PaymentGateway], call: CallGateway, tim
     """One gateway call, bounded in time; returns the reply record for the internal topic."""
     gw = gateways.get(call.gateway)
     if gw is None:
-        return _reply(call, ReplyStatus.PERMANENT_ERROR, message=f"gateway {call.gateway!r} is not configured")
+        return _reply(call, ReplyStatus.PERMANENT_ERROR, message=f"gateway {call.gateway!r} is not configured",
+                      error_code="gateway_not_configured", latency_ms=0)
     t0 = time.monotonic()
+    result: GatewayResult | None = None
+    message: str | None = None
+    error_code: str | None = None
     try:
         result = await asyncio.wait_for(_invoke(gw, call), timeout_s)
         status = ReplyStatus(result.status.value)
-        reply = _reply(call, status, result)
     except (OutcomeUnknownError, IdempotencyConflictError, TimeoutError) as exc:
-        status, reply = ReplyStatus.UNKNOWN, _reply(call, ReplyStatus.UNKNOWN, message=type(exc).__name__)
+        status, message = ReplyStatus.UNKNOWN, type(exc).__name__
+        error_code = _ERROR_CODES.get(type(exc), "outcome_unknown")
     except ChargeNotFoundError:
-        status, reply = ReplyStatus.NOT_FOUND, _reply(call, ReplyStatus.NOT_FOUND)
+        status, error_code = ReplyStatus.NOT_FOUND, "not_found"
     except RetryableGatewayError as exc:
-        status, reply = ReplyStatus.RETRYABLE_ERROR, _reply(call, ReplyStatus.RETRYABLE_ERROR,
-                                                             message=str(exc)[:200])
+        status, message, error_code = ReplyStatus.RETRYABLE_ERROR, str(exc)[:200], "retryable_error"
     except PermanentGatewayError as exc:
-        status, reply = ReplyStatus.PERMANENT_ERROR, _reply(call, ReplyStatus.PERMANENT_ERROR,
-                                                             message=str(exc)[:200])
+        status, message, error_code = ReplyStatus.PERMANENT_ERROR, str(exc)[:200], "permanent_error"
     except Exception as exc:  # a bug or an unexpected answer: we cannot know what happened
         log.exception("gateway call %s failed unexpectedly", call.idempotency_key)
-        status, reply = ReplyStatus.UNKNOWN, _reply(call, ReplyStatus.UNKNOWN, message=type(exc).__name__)
-    GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - t0)
+        status, message, error_code = ReplyStatus.UNKNOWN, type(exc).__name__, "unexpected_error"
+    elapsed = time.monotonic() - t0
+    GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(elapsed)
     GATEWAY_CALLS.labels(call.gateway, call.operation.value, status.value).inc()
-    return reply
+    return _reply(call, status, result, message, error_code=error_code, latency_ms=round(elapsed * 1000))
+
+
+# Normalised error codes for the sink's payment_transactions (declines have their own code).
+_ERROR_CODES: dict[type[BaseException], str] = {
+    TimeoutError: "timeout",
+    OutcomeUnknownError: "outcome_unknown",
+    IdempotencyConflictError: "idempotency_conflict",
+}
 
 
 def reply_input(value: Mapping[str, Any]) -> GatewayReply | ReconcileResult:
@@ -135,6 +171,7 @@ class GatewayExecutor:
         from collections import deque
 
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
         from aiokafka.structs import OffsetAndMetadata
 
         from tables import codec
@@ -175,11 +212,24 @@ class GatewayExecutor:
                 if last is not None:
                     offsets[tp] = OffsetAndMetadata(last + 1, "")
             if offsets:
-                await consumer.commit(offsets)
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError) as exc:
+                    # The group rebalanced: these partitions may belong to another worker now,
+                    # which redoes their uncommitted calls (the gateway replays them by key).
+                    log.warning("gateway executor commit skipped after a rebalance: %s", type(exc).__name__)
+            owned = consumer.assignment()
+            for tp in [tp for tp in window if tp not in owned]:
+                window.pop(tp)  # revoked: its answers still go out, its offsets are not ours
 
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=20, max_records=self.max_in_flight)
+                try:
+                    batches = await consumer.getmany(timeout_ms=20, max_records=self.max_in_flight)
+                except KafkaError as exc:
+                    log.warning("gateway executor fetch failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(1)
+                    continue
                 for tp, records in batches.items():
                     q = window.setdefault(tp, deque())
                     for rec in records:
