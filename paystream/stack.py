@@ -34,16 +34,24 @@ def stack_dir() -> Path:
     return Path(os.environ.get("PAYSTREAM_STACK_DIR", REPO / ".stack")).resolve()
 
 
+DEFAULT_PORTS = {
+    "kafka": 19092,
+    "kafka_controller": 19093,
+    "registry": 18081,
+    "postgres": 15432,
+    "stripe_mock": 12111,
+    "stripe_mock_https": 12112,
+    "simgw": 18090,
+}
+
+
 def _ports() -> dict[str, int]:
-    env = os.environ.get
+    """Ports of this stack: the defaults, each movable by ``PAYSTREAM_<NAME>_PORT``."""
+    names = {"stripe_mock": "STRIPE_MOCK", "stripe_mock_https": "STRIPE_MOCK_HTTPS", "postgres": "PG",
+             "kafka_controller": "KAFKA_CONTROLLER"}
     return {
-        "kafka": int(env("PAYSTREAM_KAFKA_PORT", "19092")),
-        "kafka_controller": int(env("PAYSTREAM_KAFKA_CONTROLLER_PORT", "19093")),
-        "registry": int(env("PAYSTREAM_REGISTRY_PORT", "18081")),
-        "postgres": int(env("PAYSTREAM_PG_PORT", "15432")),
-        "stripe_mock": int(env("PAYSTREAM_STRIPE_MOCK_PORT", "12111")),
-        "stripe_mock_https": int(env("PAYSTREAM_STRIPE_MOCK_HTTPS_PORT", "12112")),
-        "simgw": int(env("PAYSTREAM_SIMGW_PORT", "18090")),
+        key: int(os.environ.get(f"PAYSTREAM_{names.get(key, key.upper())}_PORT", default))
+        for key, default in DEFAULT_PORTS.items()
     }
 
 
