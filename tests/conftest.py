@@ -113,7 +113,8 @@ def worker(stack_env: dict[str, str], producer: OrderServiceProducer,
     tmp = tmp_path_factory.mktemp("worker")
     port = free_port()
     env = {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(tmp / "data"), "PAYSTREAM_WEB_PORT": str(port),
-           "PAYSTREAM_API_KEYS": f"itest:{hashlib.sha256(API_KEY.encode()).hexdigest()}", "PYTHONUNBUFFERED": "1"}
+           "PAYSTREAM_API_KEYS": f"itest:{hashlib.sha256(API_KEY.encode()).hexdigest()}", "PYTHONUNBUFFERED": "1",
+           "PAYSTREAM_GATEWAY_TIMEOUT_S": "5"}
     w = Worker(env, tmp / "worker.log", producer, port)
     w.start()
     w.wait_ready()
