@@ -156,17 +156,18 @@ def _run(settings: Settings, count: int, rng: random.Random, worker: subprocess.
                     terminal_at[cause] = time.monotonic()
                 if etype == "PaymentRequiresAction":
                     _complete_3ds(settings, pid)
-                p = by_id.get(pid)
-                if p is None or pid in followups_sent:
+                planned = by_id.get(pid)
+                if planned is None or pid in followups_sent:
                     continue
                 # Follow-ups once a payment is settled: capture manual ones (some partially), refund some.
-                if etype == "PaymentAuthorized" and p["manual"]:
-                    amount = p["amount"] if rng.random() < 0.5 else p["amount"] // 2
+                if etype == "PaymentAuthorized" and planned["manual"]:
+                    amount = planned["amount"] if rng.random() < 0.5 else planned["amount"] // 2
                     send(command(pid, "CapturePayment", {"amount": amount, "currency": None}, origin="demo"))
                     followups_sent.add(pid)
-                elif etype == "PaymentSucceeded" and not p["manual"] and rng.random() < 0.4:
+                elif etype == "PaymentSucceeded" and not planned["manual"] and rng.random() < 0.4:
                     send(command(pid, "RefundPayment", {"refund_id": f"re_{uuid.uuid4().hex[:8]}",
-                                                        "amount": p["amount"] // 3, "currency": None, "reason": None},
+                                                        "amount": planned["amount"] // 3, "currency": None,
+                                                        "reason": None},
                                  origin="demo"))
                     followups_sent.add(pid)
                 if pid == plan[0]["payment_id"] and dup["command_id"] not in sent_at:
@@ -205,8 +206,8 @@ def _summary(settings: Settings, plan: list[dict[str, Any]], bad_pid: str, event
         table.add_column(col)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in plan:
-        ev = final.get(p["payment_id"])
-        groups[ev.get("status", "?") if ev else "no result"].append(p)
+        last = final.get(p["payment_id"])
+        groups[last.get("status", "?") if last else "no result"].append(p)
     for st, ps in sorted(groups.items()):
         sums: Counter[str] = Counter()
         for p in ps:
@@ -229,7 +230,9 @@ def _summary(settings: Settings, plan: list[dict[str, Any]], bad_pid: str, event
             "GROUP BY payment_id) e USING (payment_id) WHERE p.payment_id = ANY(%s) AND p.last_sequence <> e.s",
             (ids,)).fetchone()
     n_events = sum(1 for ev in events if ev["payment_id"] in set(ids))
-    pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: 0.0)
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+
     t2 = Table(title="what was checked")
     t2.add_column("check")
     t2.add_column("result")
