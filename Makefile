@@ -27,6 +27,11 @@ stack-status: install
 demo: stack-up
 	@$(BIN)/paystream demo
 
+# Throughput, latency, recovery and the sink against a raw Kafka baseline (docs/performance.md).
+# rocksdict (faust's persistent store, in the bench extra) lets recovery be measured with RocksDB too.
+bench: stack-up
+	@$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: install
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy paystream streams agents tables sinks gateway_clients
@@ -41,6 +46,11 @@ test: stack-up
 
 integration: stack-up
 	@$(BIN)/python -m pytest tests/integration -q
+
+# Every fault-injection scenario at full size, checked from outside; prints the summary table
+# (docs/reliability.md). CHAOS_ARGS="--short" or "--payments N" for smaller runs.
+chaos: stack-up
+	@$(BIN)/python -m chaos run all $(CHAOS_ARGS)
 
 clean: stack-down
 	rm -rf .stack
