@@ -27,13 +27,18 @@ from typing import Any
 import faust
 
 from agents.gateway import GatewayExecutor, reply_input
-from agents.processor import Output, PaymentProcessor, PaymentRecord, notification_input
+from agents.methods import MethodDirectory
+from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input
 from gateway_clients.protocol import PaymentGateway
 from paystream import metrics
 from paystream.config import Settings
 from paystream.core import commands as cmds
 from paystream.core import events as evs
 from paystream.core.machine import PaymentStatus, reconcile_effects
+from paystream.core.methods import DetachAtGateway
+from paystream.core.sensitive import find_pan, redact, scan
+from paystream.security import audit as au
+from paystream.security.crypto import KeyRing
 from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
 from tables import codec
@@ -117,6 +122,42 @@ class Wiring:
     gateways: Mapping[str, PaymentGateway]
 
 
+def load_keyring(s: Settings) -> KeyRing | None:
+    """The encryption keys from the settings; ``None`` (with a warning) when none is configured."""
+    keys = s.encryption_keys.get_secret_value() if s.encryption_keys is not None else ""
+    ring = KeyRing.load(keys, s.encryption_current_key_id, s.encryption_keys_file)
+    if ring is None:
+        log.warning("no encryption keys configured (PAYSTREAM_ENCRYPTION_KEYS[_FILE]): payment methods cannot "
+                     "be saved and tokens in tables stay unencrypted")
+    return ring
+
+
+_FAILURES = frozenset({"CommandRejected", "PaymentFailed", "RefundFailed"})
+_METHOD_EVENTS = frozenset({"PaymentMethodAdded", "PaymentMethodRemoved"})
+
+
+def event_audit_record(ev: evs.PaymentEvent, actor: str, origin: str, method_key: bool) -> au.AuditRecord:
+    """The audit trail's record of one published event (a state change, or a rejection)."""
+    name = evs.event_type(ev.body)
+    detail: dict[str, Any] = {"event_id": ev.event_id, "sequence": ev.sequence, "status": ev.status,
+                              "causation": ev.causation_command_id}
+    body = ev.body
+    if isinstance(body, evs.CommandRejected):
+        detail.update(reason=body.reason, command_type=body.command_type)
+    elif isinstance(body, evs.PaymentFailed):
+        detail["decline_code"] = body.decline_code
+    elif isinstance(body, evs.PaymentMethodAdded | evs.PaymentMethodRemoved):
+        detail["customer_id"] = body.customer_id
+    if ev.totals is not None:
+        detail["amount"], detail["currency"] = ev.totals.amount, ev.totals.currency
+    kind = "payment_method" if method_key or name in _METHOD_EVENTS else "payment"
+    return au.AuditRecord(
+        audit_id=f"event:{ev.event_id}", occurred_at=ev.occurred_at, actor=actor, action=f"event.{name}",
+        resource=f"{kind}:{ev.payment_id}", outcome="failure" if name in _FAILURES else "success",
+        origin=origin, detail=detail,
+    )
+
+
 def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     s = w.settings
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -129,10 +170,22 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     # The last offset applied per input partition ("topic:partition" -> offset), written in the
     # same transaction as everything else: see ``guarded`` below.
     applied_offsets = app.Table("applied-offsets", default=None, key_type=str)
+    # Saved payment methods by method id (the key of their commands): SavedMethod JSON with the
+    # gateway token sealed (AES-GCM, bound to the method id). Every worker also follows this
+    # table's changelog in a ``MethodDirectory``, for payments on other partitions.
+    methods_table = app.Table("payment-methods", default=None, key_type=str)
+    directory = MethodDirectory(s.kafka_bootstrap, f"{app.conf.id}-payment-methods-changelog")
+    keyring = load_keyring(s)
+    vault_topic, audit_topic = topics.vault(s.app_id), topics.audit(s.app_id)
+
+    def lookup_method(method_id: str) -> Mapping[str, Any] | None:
+        local = methods_table.get(method_id)
+        return local if local is not None else directory.get(method_id)
 
     processor = PaymentProcessor(
         payments_table, idempotency_table,
         idempotency_retention_ms=s.idempotency_retention_s * 1000,
+        methods=methods_table, sealer=keyring, method_lookup=lookup_method,
     )
 
     async def send(event: faust.EventT | None, topic: str, key: bytes | None, value: bytes | None,
@@ -154,20 +207,32 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     async def dead_letter(event: faust.EventT, stage: str, reason: str, error: str) -> None:
         msg = event.message
         metrics.DEADLETTERS.labels(stage, reason).inc()
+        value, redacted = msg.value, []
+        if value is not None and find_pan(value.decode("latin-1")):
+            # Never copy card data into another topic (I6): the bytes stay only where the sender put them.
+            value, redacted = None, [("ps_redacted", b"sensitive_data_rejected")]
         await send(
-            event, topics.DEADLETTER, msg.key, msg.value, msg.partition,
+            event, topics.DEADLETTER, msg.key, value, msg.partition,
             headers=[
+                *redacted,
                 ("ps_stage", stage.encode()),
                 ("ps_reason", reason.encode()),
-                ("ps_error", error.encode()[:500]),
+                ("ps_error", redact(error).encode()[:500]),
                 ("ps_source_topic", msg.topic.encode()),
                 ("ps_source_partition", str(msg.partition).encode()),
                 ("ps_source_offset", str(msg.offset).encode()),
             ],
         )
 
-    async def publish(event: faust.EventT, out: Output) -> None:
+    def origin_of(event: faust.EventT) -> str:
+        m = event.message
+        return f"kafka:{m.topic}/{m.partition}@{m.offset}"
+
+    async def publish(event: faust.EventT, out: Output, actor: str = "paystream-worker",
+                      method_key: bool = False) -> None:
+        """Events, gateway calls, vault and audit records: all in the input's transaction."""
         partition = event.message.partition
+        origin = origin_of(event)
         for ev in out.events:
             value = w.codecs[topics.EVENTS].encode(evs.to_avro(ev))
             await send(event, topics.EVENTS, ev.payment_id.encode(), value, partition, cloudevent_headers(ev))
@@ -175,8 +240,52 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             metrics.EVENTS.labels(name).inc()
             if ev.status and name in ("PaymentSucceeded", "PaymentFailed", "PaymentCanceled", "PaymentAuthorized"):
                 metrics.PAYMENTS.labels(ev.status, "-").inc()
+            record = event_audit_record(ev, actor, origin, method_key)
+            await send(event, audit_topic, record.resource.encode(), au.encode_record(record), partition)
         for call in out.calls:
             await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
+        for item in out.vault:
+            await send(event, vault_topic, item["method_id"].encode(),
+                       json.dumps(item, sort_keys=True, separators=(",", ":")).encode(), partition)
+        for effect in out.detaches:
+            detach_soon(effect)
+
+    pending_detaches: set[asyncio.Task[None]] = set()
+
+    def detach_soon(effect: DetachAtGateway) -> None:
+        task = asyncio.ensure_future(detach(effect))
+        pending_detaches.add(task)
+        task.add_done_callback(pending_detaches.discard)
+
+    async def detach(effect: DetachAtGateway) -> None:
+        """Detach a removed method at its gateway: best effort, after the removal is decided.
+
+        Outside the input's transaction on purpose: a slow gateway must not hold the partition,
+        and the key is deterministic, so a retried removal detaches once. The gateway protocol
+        has no detach operation yet; until a client offers ``detach_payment_method`` the
+        detach is recorded as deferred in the audit trail.
+        """
+        gateway = w.gateways.get(effect.gateway)
+        operation = getattr(gateway, "detach_payment_method", None)
+        outcome, detail = "deferred", {"reason": "gateway client has no detach operation"}
+        if callable(operation) and keyring is not None:
+            try:
+                token = keyring.decrypt(effect.sealed_token, method_aad(effect.method_id))
+                await asyncio.wait_for(operation(payment_method_token=token, idempotency_key=effect.idempotency_key),
+                                       s.gateway_timeout_s)
+                outcome, detail = "success", {}
+            except Exception as exc:  # CryptoError, gateway errors, timeout
+                outcome, detail = "failure", {"error": type(exc).__name__}
+        record = au.AuditRecord(
+            audit_id=f"detach:{effect.idempotency_key}", occurred_at=now_ms(), actor="paystream-worker",
+            action="payment_method.detach", resource=f"payment_method:{effect.method_id}", outcome=outcome,
+            origin=f"gateway:{effect.gateway}", detail=detail,
+        )
+        try:
+            await app.producer.send(audit_topic, record.resource.encode(), au.encode_record(record), None, None,
+                                    None, transactional_id=None)
+        except Exception as exc:
+            log.warning("audit record of a detach not sent: %s", type(exc).__name__)
 
     async def decode_with_retry(cdc: AvroCodec, data: bytes) -> dict[str, Any]:
         while True:
@@ -209,6 +318,10 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             # Keyed elsewhere, the command would miss its payment's partition and state.
             await dead_letter(event, "route", "key_mismatch", "message key differs from payment_id")
             return
+        body = command.body
+        saved = body.saved_method_id if isinstance(body, cmds.CreatePayment) else None
+        if saved and lookup_method(saved) is None:
+            await directory.refresh()  # added a moment ago on another worker? read up to the changelog's end
         out = processor.handle_command(command, now_ms(), event.message.partition)
         kind = cmds.command_type(command)
         if out.duplicate:
@@ -221,7 +334,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         else:
             rejected = any(isinstance(e.body, evs.CommandRejected) for e in out.events)
             metrics.COMMANDS.labels(kind, "rejected" if rejected else "accepted").inc()
-        await publish(event, out)
+        await publish(event, out, actor=redact(command.origin), method_key=kind.endswith("PaymentMethod"))
 
     async def on_reply(event: faust.EventT) -> None:
         value = json.loads(event.message.value)
@@ -234,8 +347,12 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         except DecodeError as exc:
             await dead_letter(event, "decode", "undecodable", str(exc))
             return
+        if scan(value):  # the edge checks too; card data never travels on (I6)
+            await dead_letter(event, "decode", "sensitive_data_rejected", "card data in a notification")
+            return
         pid, notification = notification_input(value)
-        await publish(event, processor.handle_input(pid, notification, now_ms(), event.message.partition))
+        await publish(event, processor.handle_input(pid, notification, now_ms(), event.message.partition),
+                      actor=f"gateway:{value.get('gateway', '?')}")
 
     handlers = {
         topics.REQUESTS: on_command,
@@ -294,6 +411,10 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     async def gateway_executor() -> None:
         await executor.run()
 
+    @app.task
+    async def method_directory() -> None:
+        await directory.run()
+
     @app.timer(interval=5.0)
     async def reconciler() -> None:
         """Ask the gateway about every unknown outcome on this worker's partitions."""
@@ -320,4 +441,5 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         if dropped:
             log.info("forgot %d command ids past their retention", dropped)
 
-    return {"payments": payments, "executor": executor, "processor": processor, "payments_table": payments_table}
+    return {"payments": payments, "executor": executor, "processor": processor, "payments_table": payments_table,
+            "methods_table": methods_table, "directory": directory, "keyring": keyring}

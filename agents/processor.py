@@ -15,10 +15,11 @@ partition.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from paystream.core import commands as cmds
 from paystream.core import events as evs
@@ -32,7 +33,16 @@ from paystream.core.machine import (
     decide,
     totals,
 )
+from paystream.core.methods import (
+    DetachAtGateway,
+    SavedMethod,
+    decide_method,
+    is_method_command,
+    resolve_for_payment,
+)
 from paystream.core.rejections import Rejection, RejectionReason
+from paystream.core.sensitive import redact
+from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
 
 log = logging.getLogger("paystream.processor")
@@ -44,9 +54,49 @@ class Output:
 
     events: list[evs.PaymentEvent] = field(default_factory=list)
     calls: list[CallGateway] = field(default_factory=list)
+    vault: list[dict[str, Any]] = field(default_factory=list)  # records for the internal vault topic
+    detaches: list[DetachAtGateway] = field(default_factory=list)
     duplicate: bool = False
     queued: bool = False
     ignored: str | None = None
+
+
+class Sealer(Protocol):
+    """Encryption at rest (``paystream.security.crypto.KeyRing``)."""
+
+    def encrypt(self, plaintext: str, aad: str) -> str: ...
+
+    def decrypt(self, envelope: str, aad: str) -> str: ...
+
+
+def method_aad(method_id: str) -> str:
+    """Associated data of a saved method's token: its ciphertext only opens for this method."""
+    return f"payment_method:{method_id}"
+
+
+def payment_aad(payment_id: str) -> str:
+    """Associated data of the token a payment's state keeps for retries after a restart."""
+    return f"payment:{payment_id}"
+
+
+def vault_record(method: SavedMethod) -> dict[str, Any]:
+    """What the vault sink stores for a method: masked card data, and the token only sealed."""
+    return {
+        "kind": "payment_method",
+        "method_id": method.method_id,
+        "customer_id": method.customer_id,
+        "gateway": method.gateway,
+        "status": method.status.value,
+        "sealed_token": method.sealed_token,
+        "brand": method.brand,
+        "last4": method.last4,
+        "exp_month": method.exp_month,
+        "exp_year": method.exp_year,
+        "fingerprint": method.fingerprint,
+        "version": method.version,
+        "created_at": method.created_at,
+        "updated_at": method.updated_at,
+    }
 
 
 @dataclass
@@ -78,10 +128,18 @@ class PaymentProcessor:
         idempotency: MutableMapping[str, Any],
         *,
         idempotency_retention_ms: int = 7 * 24 * 3600 * 1000,
+        methods: MutableMapping[str, Any] | None = None,
+        sealer: Sealer | None = None,
+        method_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.payments = payments
         self.idempotency = idempotency
         self.retention_ms = idempotency_retention_ms
+        # Saved methods of this worker's partitions (authoritative), keyed by method id.
+        self.methods: MutableMapping[str, Any] = methods if methods is not None else {}
+        self.sealer = sealer
+        # Any method, whatever its partition (the local table first, then the directory).
+        self.method_lookup = method_lookup or self.methods.get
 
     # ---------------------------------------------------------------- records
 
@@ -111,7 +169,19 @@ class PaymentProcessor:
                     body=body,
                 )
             )
-        out.calls.extend(e for e in decision.effects if isinstance(e, CallGateway))
+        out.calls.extend(self._unsealed(e) for e in decision.effects if isinstance(e, CallGateway))
+
+    def _unsealed(self, call: CallGateway) -> CallGateway:
+        """The call with the plaintext token the gateway needs (the state keeps it sealed)."""
+        token = call.payment_method_token
+        if token is None or self.sealer is None or not is_envelope(token):
+            return call
+        try:
+            plain = self.sealer.decrypt(token, payment_aad(call.payment_id))
+            return dataclasses.replace(call, payment_method_token=plain)
+        except CryptoError:
+            log.error("the sealed token of payment %s does not decrypt (key missing?)", call.payment_id)
+            return call
 
     def _reject(self, record: PaymentRecord, command: cmds.Command, rejection: Rejection, now: int,
                 out: Output) -> None:
@@ -155,7 +225,9 @@ class PaymentProcessor:
         """A well-framed Avro command whose content breaks the contract: CommandRejected, not a crash."""
         out = Output()
         record = self.load(payment_id, partition)
-        body = evs.CommandRejected(reason=RejectionReason.INVALID_FIELD.value, detail=detail[:300], command_type=None)
+        # The decoder's message may quote the offending value: never publish card data (I6).
+        body = evs.CommandRejected(reason=RejectionReason.INVALID_FIELD.value, detail=redact(detail)[:300],
+                                   command_type=None)
         self._emit(record, payment_id, Decision(state=record.state, causation_id=command_id), now, out, extra=(body,))
         self.save(payment_id, record)
         return out
@@ -175,12 +247,81 @@ class PaymentProcessor:
         return out
 
     def _apply(self, record: PaymentRecord, command: cmds.Command, now: int, out: Output) -> None:
+        if is_method_command(command):
+            self._apply_method(record, command, now, out)
+            return
+        body = command.body
+        if isinstance(body, cmds.CreatePayment) and record.state is None:
+            if self.methods.get(command.payment_id) is not None:
+                rejection = Rejection(RejectionReason.PAYMENT_ALREADY_EXISTS, "the id is a saved payment method's")
+                self._reject(record, command, rejection, now, out)
+                return
+            saved = body.saved_method_id is not None and body.payment_method_token is None
+            if saved and cmds.validate(command) is None:
+                resolved = self._resolve_saved_method(body)
+                if isinstance(resolved, Rejection):
+                    self._reject(record, command, resolved, now, out)
+                    return
+                command = dataclasses.replace(command, body=resolved)
         decision = decide(record.state, command, now)
         if decision.rejection is not None:
             self._reject(record, command, decision.rejection, now, out)
             return
-        record.state = decision.state
+        record.state = self._sealed_state(decision.state)
         self._emit(record, command.payment_id, decision, now, out)
+
+    def _sealed_state(self, state: PaymentState | None) -> PaymentState | None:
+        """Tables keep gateway tokens encrypted, bound to the payment (encryption at rest)."""
+        if state is None or self.sealer is None:
+            return state
+        token = state.payment_method_token
+        if token is None or is_envelope(token):
+            return state
+        sealed = self.sealer.encrypt(token, payment_aad(state.payment_id))
+        return dataclasses.replace(state, payment_method_token=sealed)
+
+    def _resolve_saved_method(self, body: cmds.CreatePayment) -> cmds.CreatePayment | Rejection:
+        """The CreatePayment with the saved method's token (and gateway), or why it cannot be used."""
+        method_id = body.saved_method_id or ""
+        raw = self.method_lookup(method_id)
+        method = codec.from_plain(SavedMethod, dict(raw)) if raw else None
+        rejection = resolve_for_payment(method, body.customer_id)
+        if rejection is not None or method is None:
+            return rejection or Rejection(RejectionReason.PAYMENT_METHOD_NOT_FOUND)
+        if body.gateway is not None and body.gateway != method.gateway:
+            return Rejection(RejectionReason.INVALID_FIELD, "gateway differs from the saved method's gateway")
+        if self.sealer is None:
+            return Rejection(RejectionReason.ENCRYPTION_UNAVAILABLE, "no encryption key is configured")
+        try:
+            token = self.sealer.decrypt(method.sealed_token or "", method_aad(method_id))
+        except CryptoError:
+            log.error("the sealed token of saved method %s does not decrypt (key missing?)", method_id)
+            return Rejection(RejectionReason.PAYMENT_METHOD_NOT_FOUND, "the saved payment method could not be opened")
+        return dataclasses.replace(body, payment_method_token=token, saved_method_id=None, gateway=method.gateway)
+
+    def _apply_method(self, record: PaymentRecord, command: cmds.Command, now: int, out: Output) -> None:
+        """A payment-method command: the pure ``core.methods`` decides; events share the
+        key's sequence in ``payments`` (a method id never is a payment id)."""
+        method_id = command.payment_id
+        raw = self.methods.get(method_id)
+        state = codec.from_plain(SavedMethod, raw) if raw else None
+        body = command.body
+        if record.state is not None:
+            rejection = Rejection(RejectionReason.PAYMENT_ALREADY_EXISTS, "the id is a payment's")
+            self._reject(record, command, rejection, now, out)
+            return
+        sealed: str | None = None
+        if isinstance(body, cmds.AddPaymentMethod) and self.sealer is not None and cmds.validate(command) is None:
+            sealed = self.sealer.encrypt(body.gateway_token, method_aad(method_id))
+        decision = decide_method(state, command, sealed, now)
+        if decision.rejection is not None or decision.state is None:
+            self._reject(record, command, decision.rejection or Rejection(RejectionReason.INVALID_FIELD), now, out)
+            return
+        self.methods[method_id] = codec.to_plain(decision.state)
+        self._emit(record, method_id, Decision(state=None, causation_id=decision.causation_id), now, out,
+                   extra=decision.events)
+        out.vault.append(vault_record(decision.state))
+        out.detaches.extend(decision.effects)
 
     def _drain(self, record: PaymentRecord, now: int, out: Output) -> None:
         """Run queued commands while no gateway call is in flight."""

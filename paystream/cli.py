@@ -91,12 +91,11 @@ def worker(loglevel: str) -> None:
     run_worker(get_settings(), loglevel)
 
 
-@main.command(help="Run the Postgres sink: payment.events → Postgres, in its own consumer group.")
+@main.command(help="Run the Postgres sink: payment.events and gateway replies → Postgres, in its own consumer group.")
 def sink() -> None:
-    from prometheus_client import start_http_server
-
     from paystream.logs import configure
-    from sinks.postgres import EventSink
+    from sinks.postgres import EventSink, SinkStatus
+    from sinks.server import start_server
     from streams import topics
     from streams.avro import codecs, registry_client
 
@@ -110,11 +109,14 @@ def sink() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    start_http_server(s.sink_metrics_port, addr="127.0.0.1")
-    codec = codecs(registry_client(s.schema_registry_url))[topics.EVENTS]
-    EventSink(s.kafka_bootstrap, s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s).run(
-        lambda: stopping
-    )
+    status = SinkStatus()
+    server = start_server(status, s.sink_metrics_host, s.sink_metrics_port)
+    try:
+        codec = codecs(registry_client(s.schema_registry_url))[topics.EVENTS]
+        EventSink(s.kafka_bootstrap, s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s,
+                  replies_topic=topics.gateway_replies(s.app_id), status=status).run(lambda: stopping)
+    finally:
+        server.shutdown()
 
 
 # ------------------------------------------------------------------ data
@@ -154,6 +156,19 @@ def schemas_check() -> None:
         click.echo(f"{subject:<28} {'compatible' if ok else 'INCOMPATIBLE'}")
     if not all(result.values()):
         sys.exit(1)
+
+
+@schemas.command("docs", help="Print docs/events.md (every record, field, type and doc) from avro/*.avsc.")
+@click.option("--check", is_flag=True, help="exit 1 when docs/events.md differs from what it would print")
+def schemas_docs(check: bool) -> None:
+    from streams.avro_docs import DOC, render
+
+    text = render()
+    if check:
+        if not DOC.exists() or DOC.read_text() != text:
+            raise click.ClickException("docs/events.md is out of date: paystream schemas docs > docs/events.md")
+        return
+    click.echo(text, nl=False)
 
 
 @main.group(help="Send commands to payment.requests (as the Order Service would).")
@@ -249,6 +264,139 @@ def tail(from_beginning: bool) -> None:
                            f"{t.get('amount', '')} {t.get('currency', '')}")
     except KeyboardInterrupt:
         pass
+
+
+# ------------------------------------------------------------------ audit and customers
+
+
+def _run_json_sink(kind: str) -> None:
+    from paystream.logs import configure
+    from sinks.audit import AuditSink
+    from sinks.vault import VaultSink
+    from streams import topics
+
+    configure()
+    s = get_settings()
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if kind == "audit":
+        AuditSink(s.kafka_bootstrap, s.postgres_dsn, topics.audit(s.app_id), s.audit_sink_group).run(lambda: stopping)
+    else:
+        VaultSink(s.kafka_bootstrap, s.postgres_dsn, topics.vault(s.app_id), s.vault_sink_group).run(lambda: stopping)
+
+
+def _admin_audit(action: str, resource: str, outcome: str, actor: str, detail: dict[str, object]) -> None:
+    """An admin action's record on the audit topic (waits until Kafka has it)."""
+    from confluent_kafka import Producer
+
+    from paystream.security import audit as au
+    from streams import topics
+
+    s = get_settings()
+    record = au.AuditRecord(audit_id=au.new_audit_id("admin"), occurred_at=time.time_ns() // 1_000_000,
+                            actor=f"admin:{actor}", action=action, resource=resource, outcome=outcome,
+                            origin=f"cli:{os.uname().nodename}", detail=detail)
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True})
+    producer.produce(topics.audit(s.app_id), key=resource.encode(), value=au.encode_record(record))
+    if producer.flush(30) != 0:
+        raise click.ClickException("the audit record could not be written to Kafka")
+
+
+def _admin_actor(actor: str | None) -> str:
+    import getpass
+
+    return actor or os.environ.get("PAYSTREAM_ADMIN_ACTOR") or getpass.getuser()
+
+
+@main.group(help="The audit trail: its sink (audit topic → hash-chained audit_log) and verification.")
+def audit() -> None:
+    pass
+
+
+@audit.command("sink", help="Run the audit sink: the audit topic → audit_log, one hash chain.")
+def audit_sink() -> None:
+    _run_json_sink("audit")
+
+
+@audit.command("verify", help="Recompute the audit_log hash chain; exit 1 and name the first bad row.")
+@click.option("--actor", default=None, help="who runs the check (default: the OS user)")
+@click.option("--no-record", is_flag=True, help="do not add the check itself to the audit trail")
+def audit_verify(actor: str | None, no_record: bool) -> None:
+    from sinks.audit import verify
+
+    report = verify(get_settings().postgres_dsn)
+    if report.broken is None:
+        click.echo(f"audit_log intact: {report.rows} rows, head #{report.head_seq} {report.head_hash[:16]}…")
+    else:
+        b = report.broken
+        click.echo(f"audit_log BROKEN at row #{b.seq} ({b.problem}; audit_id {b.audit_id or '-'}); "
+                   f"{report.rows} rows before it check out", err=True)
+    if not no_record:
+        _admin_audit("audit.verify", "audit_log", "success" if report.ok else "failure", _admin_actor(actor),
+                     {"rows": report.rows, "head_seq": report.head_seq,
+                      **({"broken_seq": report.broken.seq, "problem": report.broken.problem} if report.broken else {})})
+    sys.exit(0 if report.ok else 1)
+
+
+@main.group(help="Customers' saved payment methods: the vault sink, and erasure of a customer's data.")
+def customers() -> None:
+    pass
+
+
+@customers.command("sink", help="Run the vault sink: the vault topic → payment_methods and customer_gateway_tokens.")
+def customers_sink() -> None:
+    _run_json_sink("vault")
+
+
+@customers.command("erase", help="Erase a customer's saved payment methods: tokens and card details are forgotten "
+                                 "(tables, Postgres, gateway), financial records stay. Idempotent: run again to "
+                                 "catch methods saved while it ran.")
+@click.argument("customer_id")
+@click.option("--actor", default=None, help="who asks (default: $PAYSTREAM_ADMIN_ACTOR or the OS user)")
+@click.option("--reason", default="erasure_request", show_default=True)
+@click.option("--wait", "wait_s", default=60.0, show_default=True, help="seconds to wait for Postgres to show it")
+def customers_erase(customer_id: str, actor: str | None, reason: str, wait_s: float) -> None:
+    import psycopg
+
+    from paystream.client import CommandProducer, command
+
+    s = get_settings()
+    who = _admin_actor(actor)
+    with psycopg.connect(s.postgres_dsn) as conn:
+        methods = [r[0] for r in conn.execute(
+            "SELECT method_id FROM payment_methods WHERE customer_id = %s AND status <> 'erased' ORDER BY method_id",
+            (customer_id,))]
+    _admin_audit("customer.erase.requested", f"customer:{customer_id}", "success", who,
+                 {"methods": len(methods), "reason": reason})
+    producer = CommandProducer(s)
+    for method_id in methods:
+        # Through the worker: the method's state (and its token) lives in its changelog-backed table.
+        producer.send(command(method_id, "ErasePaymentMethod", {"customer_id": customer_id, "reason": reason},
+                              command_id=f"erase-{method_id}", origin=f"admin:{who}"))
+    producer.flush()
+    deadline = time.monotonic() + wait_s
+    left: list[str] = list(methods)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with psycopg.connect(s.postgres_dsn) as conn:
+            done = {r[0] for r in conn.execute(
+                "SELECT m.method_id FROM payment_methods m WHERE m.method_id = ANY(%s) AND m.status = 'erased' "
+                "AND NOT EXISTS (SELECT 1 FROM customer_gateway_tokens t WHERE t.method_id = m.method_id)",
+                (left,))}
+        left = [m for m in left if m not in done]
+    outcome = "success" if not left else "pending"
+    _admin_audit("customer.erase", f"customer:{customer_id}", outcome, who,
+                 {"methods": len(methods), "erased": len(methods) - len(left), "pending": len(left)})
+    click.echo(json.dumps({"customer_id": customer_id, "methods": len(methods), "erased": len(methods) - len(left),
+                           "pending": left}))
+    if left:
+        sys.exit(1)
 
 
 @main.command(help="Run the demo: worker and sink on the local stack, mixed payments, a summary.")

@@ -41,8 +41,25 @@ class Settings(BaseSettings):
     sink_batch_wait_s: float = 0.2
     sink_group: str = "paystream-sink"
     sink_metrics_port: int = 6067
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description="encryption keys for tokens at rest: kid:base64key,... (16/24/32-byte AES keys); "
+        "old keys stay listed to decrypt after a rotation",
+    )
+    encryption_keys_file: str | None = Field(
+        None, description="file with the encryption keys (same entries, one per line); the local stack writes one"
+    )
+    encryption_current_key_id: str | None = Field(
+        None, description="key id new encryptions use (default: the last key listed)"
+    )
+    vault_sink_group: str = Field("paystream-vault-sink", description="consumer group of the vault sink")
+    audit_sink_group: str = Field("paystream-audit-sink", description="consumer group of the audit sink")
+    sink_metrics_host: str = Field(
+        "127.0.0.1",
+        description="address the sink's HTTP server (/metrics, /health, /ready) binds; 0.0.0.0 in a container",
+    )
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return Settings()  # type: ignore[call-arg]  # pydantic-settings fills the fields from the environment

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from paystream.core.sensitive import redact
 
@@ -26,7 +28,36 @@ class GuardedJsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string (seen in mode): keep its parts, redacted
+            message = f"{record.msg} {record.args!r}"
+        # An empty tuple, not None: mode's formatter turns None into (None,) and formats again.
+        record.msg, record.args = redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return record
+
+    factory._paystream_redacting = True  # type: ignore[attr-defined]
+    return factory
+
+
+def install_redaction() -> None:
+    """Redact card numbers in every log record when it is created, whatever handler or
+    formatter prints it later: faust (mode) replaces the root handlers with its own when the
+    worker starts, so a formatter alone would not cover its log lines (I6). Idempotent."""
+    current = logging.getLogRecordFactory()
+    if not getattr(current, "_paystream_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(current))
+
+
 def configure(level: int = logging.INFO) -> None:
+    install_redaction()
     handler = logging.StreamHandler()
     handler.setFormatter(GuardedJsonFormatter())
     root = logging.getLogger()

@@ -446,16 +446,24 @@ def _ensure_database() -> bool:
 
 
 def stop_postgres(pid: int) -> None:
-    # SIGINT is postgres's "fast shutdown": abort sessions, checkpoint, exit cleanly.
-    try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return
+    """Fast shutdown (SIGINT: abort sessions, checkpoint, exit) of the server itself.
+
+    As root the recorded pid is runuser's; the postmaster's pid is the first line of
+    postmaster.pid. Signalling runuser would start a "smart" shutdown that waits for every
+    client (the sink, a worker's pool) to leave.
+    """
+    targets = [pid]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        targets.insert(0, int((pg_data() / "postmaster.pid").read_text().splitlines()[0]))
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGINT)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and pid_alive(pid):
+    while time.monotonic() < deadline and any(pid_alive(t) for t in targets):
         time.sleep(0.2)
-    if pid_alive(pid):
-        terminate(pid)
+    for target in targets:
+        if pid_alive(target):
+            terminate(target)
 
 
 # --------------------------------------------------------------------------- stripe-mock
@@ -519,6 +527,20 @@ def simgw_webhook_secret() -> str:
     return path.read_text().strip()
 
 
+def encryption_keys_file() -> str:
+    """A per-stack key file (one random AES-256 key) for tokens at rest; never a key in code."""
+    path = stack_dir() / "secrets" / "encryption_keys"
+    if not path.exists():
+        from paystream.security.crypto import generate_key_entry
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # created 0600 from the start; a concurrent creator wins
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(generate_key_entry(f"local{time.strftime('%Y%m%d')}") + "\n")
+    return str(path)
+
+
 def start_simgw() -> int:
     web_port = os.environ.get("PAYSTREAM_WEB_PORT", "6066")
     return spawn(
@@ -577,4 +599,5 @@ def env_for_clients() -> dict[str, str]:
         "PAYSTREAM_STRIPE_API_BASE": f"http://127.0.0.1:{PORTS['stripe_mock']}",
         "PAYSTREAM_SIMGW_URL": f"http://127.0.0.1:{PORTS['simgw']}",
         "PAYSTREAM_SIMGW_WEBHOOK_SECRETS": simgw_webhook_secret(),
+        "PAYSTREAM_ENCRYPTION_KEYS_FILE": encryption_keys_file(),
     }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
+from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
@@ -17,6 +20,34 @@ from streams.app import create_app
 from streams.avro import codecs, register_schemas, registry_client
 
 log = logging.getLogger("paystream.worker")
+
+
+def edge_audit_hook(app: faust.App, settings: Settings) -> Any:
+    """The HTTP edge's audit hook: each call becomes a record on the audit topic (for the
+    hash-chained ``audit_log``). Sent outside any transaction, without holding the request up;
+    a failed send is logged (the request itself is never failed by its audit)."""
+    from paystream.security import audit as au
+
+    topic = topics.audit(settings.app_id)
+    in_flight: set[asyncio.Future[Any]] = set()
+
+    async def deliver(record: au.AuditRecord) -> None:
+        try:
+            await app.producer.maybe_start()
+            await app.producer.send(topic, record.resource.encode(), au.encode_record(record), None, None, None,
+                                    transactional_id=None)
+        except Exception as exc:
+            log.warning("audit record %s not sent: %s", record.action, type(exc).__name__)
+
+    def hook(actor: str, action: str, resource: str, outcome: str, origin: str, detail: dict[str, Any]) -> None:
+        record = au.AuditRecord(audit_id=au.new_audit_id("http"), occurred_at=time.time_ns() // 1_000_000,
+                                actor=actor, action=action, resource=resource, outcome=outcome, origin=origin,
+                                detail=detail)
+        future = asyncio.ensure_future(deliver(record))
+        in_flight.add(future)
+        future.add_done_callback(in_flight.discard)
+
+    return hook
 
 
 def build_gateways(settings: Settings) -> dict[str, PaymentGateway]:
@@ -49,11 +80,15 @@ def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     setup_prometheus_sensors(app, pattern="/metrics", name_prefix="paystream")
     wiring = Wiring(settings, codecs(registry_client(settings.schema_registry_url)), build_gateways(settings))
     parts = install(app, wiring)
-    install_web(app, web_context(settings, wiring.codecs, parts["payments_table"], gateways=wiring.gateways))
+    install_web(app, web_context(settings, wiring.codecs, parts["payments_table"], gateways=wiring.gateways,
+                                 audit=edge_audit_hook(app, settings)))
     return app, parts
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    from paystream.logs import install_redaction
+
+    install_redaction()  # before faust sets up its own logging: every record is redacted (I6)
     prepare(settings)
     app, _ = build_app(settings)
     sys.argv = ["paystream-worker", "worker", "-l", loglevel]

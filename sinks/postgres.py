@@ -1,19 +1,28 @@
-"""payment.events → PostgreSQL.
+"""payment.events (and the internal gateway replies) → PostgreSQL.
 
 Runs as its own consumer group in its own process, so a Postgres outage never stops payment
 processing. Each batch is written in one Postgres transaction and the Kafka offsets are
 committed only after that transaction commits: a crash in between replays the batch, and
 the writes are idempotent (``event_id`` is the primary key; a current-state row only moves
 to a newer ``sequence``), so a replay never duplicates nor moves state backwards (I7).
+
+The same consumer reads the internal ``<app>-gateway-replies`` topic into
+``payment_transactions`` (one row per gateway call attempt, unique on idempotency key and
+kind), in the same batch transaction.
+
+Liveness and readiness are kept in a ``SinkStatus`` the sink's HTTP server reads
+(``sinks/server.py``): the loop's last turn, the assigned partitions, the last Postgres
+write or ping.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +42,11 @@ PG_UP = Gauge("paystream_sink_postgres_up", "1 while the sink can write to Postg
 RETRIES = Counter("paystream_sink_retries_total", "Batch writes retried after a Postgres error")
 LAG = Gauge("paystream_sink_lag_messages", "Messages in payment.events not yet stored", ["partition"])
 DEAD = Counter("paystream_sink_deadletters_total", "Undecodable events sent to the dead-letter topic")
+TRANSACTIONS = Counter("paystream_sink_gateway_replies_total", "Gateway replies written to payment_transactions")
+LAST_COMMIT = Gauge("paystream_sink_last_commit_timestamp_seconds", "When the last batch was committed to Postgres")
+PG_DOWN_SECONDS = Gauge("paystream_sink_postgres_down_seconds",
+                        "How long the current Postgres outage has lasted (0 while Postgres is up)")
+PING_INTERVAL_S = 5.0  # an idle sink checks Postgres this often, so /ready and the gauge stay true
 
 
 def _ts(ms: int) -> datetime:
@@ -97,6 +111,73 @@ WHERE r.last_sequence < EXCLUDED.last_sequence
 """
 
 
+UPSERT_TRANSACTION = """
+INSERT INTO payment_transactions AS t (payment_id, kind, operation, idempotency_key, attempt, gateway, gateway_ref,
+                                       status, decline_code, error_code, latency_ms, created_at, updated_at,
+                                       kafka_partition, kafka_offset)
+VALUES (%(payment_id)s, %(kind)s, %(operation)s, %(idempotency_key)s, %(attempt)s, %(gateway)s, %(gateway_ref)s,
+        %(status)s, %(decline_code)s, %(error_code)s, %(latency_ms)s, %(at)s, %(at)s, %(partition)s, %(offset)s)
+ON CONFLICT (idempotency_key, kind) DO UPDATE SET
+    gateway_ref = COALESCE(EXCLUDED.gateway_ref, t.gateway_ref),
+    status = EXCLUDED.status, decline_code = EXCLUDED.decline_code, error_code = EXCLUDED.error_code,
+    latency_ms = EXCLUDED.latency_ms, updated_at = EXCLUDED.updated_at,
+    kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset
+WHERE t.kind = 'reconcile' AND t.updated_at < EXCLUDED.updated_at
+"""
+
+
+class BadReply(ValueError):
+    """A gateway-replies message the sink cannot read (goes to the dead-letter topic)."""
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    """One gateway reply (``agents/gateway.py``) as a payment_transactions row."""
+
+    row: dict[str, Any]
+    partition: int
+    offset: int
+
+
+def _attempt_from_key(key: str) -> int | None:
+    tail = key.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def transaction_row(value: Any, partition: int, offset: int, timestamp_ms: int | None = None) -> dict[str, Any]:
+    """Map a reply record to a row; replies written before ``meta`` existed still map (fewer columns)."""
+    if not isinstance(value, dict) or value.get("kind") not in ("reply", "reconcile"):
+        raise BadReply("not a gateway reply record")
+    inp, meta = value.get("input"), value.get("meta") or {}
+    if not isinstance(inp, dict) or not isinstance(meta, dict):
+        raise BadReply("reply without an input object")
+    key, status, payment_id = inp.get("idempotency_key"), inp.get("status"), value.get("payment_id")
+    if not (isinstance(key, str) and isinstance(status, str) and isinstance(payment_id, str)):
+        raise BadReply("reply without payment_id, idempotency_key or status")
+    operation = meta.get("operation") or inp.get("operation")
+    if not isinstance(operation, str):
+        parts = key.rsplit("-", 2)
+        operation = parts[1].split(":", 1)[0] if len(parts) == 3 else "unknown"
+    at_ms = meta.get("replied_at") or timestamp_ms or 0
+    attempt = meta.get("attempt")
+    return {
+        "payment_id": payment_id,
+        "kind": value["kind"],
+        "operation": operation,
+        "idempotency_key": key,
+        "attempt": attempt if isinstance(attempt, int) else _attempt_from_key(key),
+        "gateway": meta.get("gateway"),
+        "gateway_ref": inp.get("gateway_ref"),
+        "status": status,
+        "decline_code": inp.get("decline_code"),
+        "error_code": meta.get("error_code"),
+        "latency_ms": meta.get("latency_ms"),
+        "at": _ts(int(at_ms)),
+        "partition": partition,
+        "offset": offset,
+    }
+
+
 def payment_row(ev: StoredEvent) -> dict[str, Any] | None:
     v, body = ev.value, ev.body
     if v.get("status") is None:
@@ -148,9 +229,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_batch(conn: psycopg.Connection, events: Iterable[StoredEvent]) -> int:
+def write_batch(conn: psycopg.Connection, events: Iterable[StoredEvent],
+                replies: Iterable[StoredReply] = ()) -> int:
     """Write one batch in one transaction; returns how many events were new."""
-    events = list(events)
+    events, replies = list(events), list(replies)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             INSERT_EVENT,
@@ -171,11 +253,57 @@ def write_batch(conn: psycopg.Connection, events: Iterable[StoredEvent]) -> int:
         refunds = [r for r in map(refund_row, events) if r]
         if refunds:
             cur.executemany(UPSERT_REFUND, refunds)
+        if replies:
+            cur.executemany(UPSERT_TRANSACTION, [r.row for r in replies])
     return new
 
 
+@dataclass
+class SinkStatus:
+    """What /health and /ready report; written by the sink's loop, read by the HTTP thread."""
+
+    max_loop_age_s: float = 30.0
+    last_loop: float = field(default_factory=time.monotonic)
+    assigned: frozenset[tuple[str, int]] = frozenset()
+    postgres_ok: bool = False
+    postgres_error: str | None = "not connected yet"
+    postgres_down_since: float | None = None
+    last_postgres_ok: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def beat(self) -> None:
+        self.last_loop = time.monotonic()
+
+    def postgres(self, ok: bool, error: str | None = None) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.postgres_ok, self.postgres_error = ok, None if ok else (error or "unavailable")
+            if ok:
+                self.last_postgres_ok, self.postgres_down_since = now, None
+            elif self.postgres_down_since is None:
+                self.postgres_down_since = now
+        PG_UP.set(1 if ok else 0)
+        PG_DOWN_SECONDS.set(0 if ok or self.postgres_down_since is None else now - self.postgres_down_since)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - self.last_loop
+        return age <= self.max_loop_age_s, {"loop_age_s": round(age, 3)}
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        alive, info = self.health()
+        if not alive:
+            reasons.append(f"sink loop stalled for {info['loop_age_s']:.0f}s")
+        with self.lock:
+            if not self.assigned:
+                reasons.append("no partitions assigned to the sink's consumer")
+            if not self.postgres_ok:
+                reasons.append(f"postgres: {self.postgres_error}")
+        return not reasons, reasons
+
+
 class EventSink:
-    """Consume payment.events (read_committed) and store every event exactly once."""
+    """Consume payment.events and the gateway replies (read_committed); store each exactly once."""
 
     def __init__(
         self,
@@ -185,8 +313,13 @@ class EventSink:
         group: str = "paystream-sink",
         batch_size: int = 500,
         batch_wait_s: float = 0.2,
+        replies_topic: str | None = topics.gateway_replies("paystream"),
+        status: SinkStatus | None = None,
     ) -> None:
         self.dsn = dsn
+        self.replies_topic = replies_topic
+        self.status = status or SinkStatus()
+        self._last_ping = 0.0
         self.codec = codec
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
@@ -206,8 +339,27 @@ class EventSink:
 
     def _connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.dsn, connect_timeout=5)
+            # autocommit: a ping must not leave a transaction open, or the batch's
+            # ``conn.transaction()`` would become a savepoint inside it and never commit.
+            self.conn = psycopg.connect(self.dsn, connect_timeout=5, autocommit=True)
         return self.conn
+
+    def _drop_connection(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def ping(self) -> bool:
+        """Connect if needed and ``SELECT 1``; records the outcome (gauge, readiness)."""
+        self._last_ping = time.monotonic()
+        try:
+            self._connect().execute("SELECT 1")
+        except psycopg.Error as exc:
+            self.status.postgres(False, str(exc).strip()[:200])
+            self._drop_connection()
+            return False
+        self.status.postgres(True)
+        return True
 
     def _dead_letter(self, msg: Message, error: str) -> None:
         DEAD.inc()
@@ -225,49 +377,70 @@ class EventSink:
         )
         self.deadletters.flush(10)
 
-    def _decode(self, msgs: list[Message]) -> list[StoredEvent]:
-        out = []
+    def _decode_event(self, msg: Message) -> StoredEvent | None:
+        while True:
+            self.status.beat()
+            try:
+                value = self.codec.decode(msg.value())
+            except DecodeError as exc:
+                self._dead_letter(msg, str(exc))
+                return None
+            except RegistryUnavailable:
+                log.warning("schema registry unavailable; retrying")
+                time.sleep(1)
+                continue
+            return StoredEvent(value, msg.partition() or 0, msg.offset() or 0)
+
+    def _decode_reply(self, msg: Message) -> StoredReply | None:
+        try:
+            value = json.loads(msg.value() or b"")
+            _, ts = msg.timestamp()
+            row = transaction_row(value, msg.partition() or 0, msg.offset() or 0, ts if ts > 0 else None)
+        except (ValueError, TypeError) as exc:  # BadReply, JSON errors, odd field types
+            self._dead_letter(msg, f"gateway reply: {type(exc).__name__}: {str(exc)[:200]}")
+            return None
+        return StoredReply(row, row["partition"], row["offset"])
+
+    def _decode(self, msgs: list[Message]) -> tuple[list[StoredEvent], list[StoredReply]]:
+        events: list[StoredEvent] = []
+        replies: list[StoredReply] = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
                 continue
-            while True:
-                try:
-                    value = self.codec.decode(msg.value())
-                    break
-                except DecodeError as exc:
-                    self._dead_letter(msg, str(exc))
-                    value = None
-                    break
-                except RegistryUnavailable:
-                    log.warning("schema registry unavailable; retrying")
-                    time.sleep(1)
-            if value is not None:
-                out.append(StoredEvent(value, msg.partition() or 0, msg.offset() or 0))
-        return out
+            if msg.topic() == topics.EVENTS:
+                event = self._decode_event(msg)
+                if event is not None:
+                    events.append(event)
+            else:
+                reply = self._decode_reply(msg)
+                if reply is not None:
+                    replies.append(reply)
+        return events, replies
 
-    def _store(self, events: list[StoredEvent], stop: Callable[[], bool]) -> bool:
+    def _store(self, events: list[StoredEvent], replies: list[StoredReply], stop: Callable[[], bool]) -> bool:
         """Write until it succeeds (Postgres may be down); False if asked to stop first."""
         backoff = 0.2
         while True:
+            self.status.beat()
             try:
                 t0 = time.monotonic()
-                new = write_batch(self._connect(), events)
+                new = write_batch(self._connect(), events, replies)
                 BATCH_SECONDS.observe(time.monotonic() - t0)
-                PG_UP.set(1)
+                self.status.postgres(True)
                 ROWS.inc(new)
+                TRANSACTIONS.inc(len(replies))
                 BATCHES.inc()
+                LAST_COMMIT.set(time.time())
                 self.stored += new
                 return True
             except psycopg.OperationalError as exc:
-                PG_UP.set(0)
+                self.status.postgres(False, str(exc).strip()[:200])
                 RETRIES.inc()
                 log.warning("postgres unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], backoff)
-                if self.conn is not None:
-                    self.conn.close()
-                    self.conn = None
+                self._drop_connection()
                 if stop():
                     return False
                 time.sleep(backoff)
@@ -275,6 +448,8 @@ class EventSink:
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
+            if tp.topic != topics.EVENTS:
+                continue
             try:
                 _, high = self.consumer.get_watermark_offsets(tp, timeout=1, cached=True)
                 pos = self.consumer.position([tp])[0].offset
@@ -283,20 +458,35 @@ class EventSink:
             except Exception:  # lag is informative only
                 pass
 
+    def _on_assign(self, _consumer: Consumer, partitions: list[Any]) -> None:
+        with self.status.lock:
+            self.status.assigned = frozenset((tp.topic, tp.partition) for tp in partitions)
+        log.info("assigned %d partition(s)", len(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[Any]) -> None:
+        with self.status.lock:
+            self.status.assigned = frozenset()
+
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        self.consumer.subscribe([topics.EVENTS])
+        subscribed = [topics.EVENTS] + ([self.replies_topic] if self.replies_topic else [])
+        self.consumer.subscribe(subscribed, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        self.ping()  # the gauge and /ready say at once whether Postgres is reachable
         try:
             while not stop():
+                self.status.beat()
                 msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_wait_s)
                 if not msgs:
                     self._update_lag()
+                    if time.monotonic() - self._last_ping >= PING_INTERVAL_S:
+                        self.ping()
                     continue
-                events = self._decode(msgs)
-                if events and not self._store(events, stop):
+                events, replies = self._decode(msgs)
+                if (events or replies) and not self._store(events, replies, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
+                self._last_ping = time.monotonic()
                 self.consumer.commit(asynchronous=False)
                 self._update_lag()
         finally:
             self.consumer.close()
-            if self.conn is not None:
-                self.conn.close()
+            self._drop_connection()

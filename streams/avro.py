@@ -45,15 +45,24 @@ def register_schemas(client: SchemaRegistryClient) -> dict[str, int]:
 
 
 def check_compatibility(client: SchemaRegistryClient) -> dict[str, bool]:
-    """Whether each ``.avsc`` may be registered over what the registry holds now."""
+    """Whether each ``.avsc`` may be registered over what the registry holds now.
+
+    BACKWARD_TRANSITIVE means: readable against *every* registered version. The registry's
+    ``/compatibility/.../versions/latest`` endpoint (the client's default) tests the latest
+    version only and says "compatible" for a change the registration then refuses (a field
+    whose default was added in v2 and dropped again breaks v1 data), so each version is tested.
+    """
     result = {}
     for t in AVRO_TOPICS:
         try:
-            client.get_latest_version(t.subject)
-        except Exception:
+            versions = client.get_versions(t.subject)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 404:
+                raise
             result[t.subject] = True  # nothing registered yet: anything goes
             continue
-        result[t.subject] = bool(client.test_compatibility(t.subject, Schema(t.schema_text(), "AVRO")))
+        schema = Schema(t.schema_text(), "AVRO")
+        result[t.subject] = all(bool(client.test_compatibility(t.subject, schema, version=v)) for v in versions)
     return result
 
 
@@ -74,7 +83,7 @@ class AvroCodec:
         self._ctx = SerializationContext(topic.topic, MessageField.VALUE)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
-        out = self._ser(record, self._ctx)
+        out: bytes | None = self._ser(record, self._ctx)
         assert out is not None
         return out
 

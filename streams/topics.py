@@ -26,6 +26,25 @@ def gateway_replies(app_id: str) -> str:
     return f"{app_id}-gateway-replies"
 
 
+def vault(app_id: str) -> str:
+    """Internal: saved payment methods for the vault sink (key method id; sealed token and masked
+    card data only, never on payment.events). Compacted: an erasure supersedes older records."""
+    return f"{app_id}-vault"
+
+
+def audit(app_id: str) -> str:
+    """Internal: audit records (JSON) from workers, the HTTP edge and admin commands, for the
+    audit sink's hash-chained ``audit_log``."""
+    return f"{app_id}-audit"
+
+
+def topic_config(app_id: str, topic: str) -> dict[str, str]:
+    """Per-topic settings given at creation."""
+    if topic == vault(app_id):
+        return {"cleanup.policy": "compact"}
+    return {}
+
+
 AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
 
 
@@ -50,12 +69,14 @@ AVRO_TOPICS = (
 
 
 def all_topics(app_id: str) -> list[str]:
-    return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id)]
+    return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id),
+            vault(app_id), audit(app_id)]
 
 
 def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
@@ -63,7 +84,8 @@ def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float =
     if not wanted:
         return []
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted], request_timeout=timeout
+        [NewTopic(t, num_partitions=partitions, replication_factor=1, config=topic_config(app_id, t)) for t in wanted],
+        request_timeout=timeout,
     )
     created = []
     for name, fut in futures.items():

@@ -33,6 +33,8 @@ __all__ = [
     "CommandBody",
     "CommandDecodeError",
     "CreatePayment",
+    "ErasePaymentMethod",
+    "MethodCommandBody",
     "RefundPayment",
     "RemovePaymentMethod",
     "command_type",
@@ -119,11 +121,38 @@ class RemovePaymentMethod:
     customer_id: str
 
 
-CommandBody = CreatePayment | CapturePayment | CancelPayment | RefundPayment | AddPaymentMethod | RemovePaymentMethod
+@dataclass(frozen=True, slots=True)
+class ErasePaymentMethod:
+    """Admin command of a customer erasure: remove the method and forget token and card details."""
+
+    AVRO_NAME: ClassVar[str] = "ErasePaymentMethod"
+
+    customer_id: str
+    reason: str | None = None
+
+
+CommandBody = (
+    CreatePayment
+    | CapturePayment
+    | CancelPayment
+    | RefundPayment
+    | AddPaymentMethod
+    | RemovePaymentMethod
+    | ErasePaymentMethod
+)
+MethodCommandBody = AddPaymentMethod | RemovePaymentMethod | ErasePaymentMethod
 
 COMMAND_TYPES: Final[dict[str, type[CommandBody]]] = {
     cls.AVRO_NAME: cls
-    for cls in (CreatePayment, CapturePayment, CancelPayment, RefundPayment, AddPaymentMethod, RemovePaymentMethod)
+    for cls in (
+        CreatePayment,
+        CapturePayment,
+        CancelPayment,
+        RefundPayment,
+        AddPaymentMethod,
+        RemovePaymentMethod,
+        ErasePaymentMethod,
+    )
 }
 
 
@@ -248,7 +277,7 @@ def _check_card_data(body: CommandBody) -> Rejection | None:
         text_fields["metadata"] = dict(body.metadata)  # scanned as a map, so keys name fields
     offending = scan(text_fields)
     if offending:
-        return _reject(RejectionReason.CARD_DATA_IN_REQUEST, "card data found in: " + ", ".join(offending))
+        return _reject(RejectionReason.SENSITIVE_DATA_REJECTED, "card data found in: " + ", ".join(offending))
     return None
 
 
@@ -293,7 +322,7 @@ def validate(command: Command) -> Rejection | None:
 
     Reason codes: invalid_field (empty ids, malformed method details), invalid_amount,
     unknown_currency, unknown_gateway, missing_payment_method, ambiguous_payment_method,
-    card_data_in_request.
+    sensitive_data_rejected.
     """
     for name in ("command_id", "payment_id"):
         if not getattr(command, name).strip():
@@ -313,12 +342,12 @@ def validate(command: Command) -> Rejection | None:
             rejection = _check_amount(body.amount, optional=True) or _check_currency(body.currency, optional=True)
     elif isinstance(body, AddPaymentMethod):
         rejection = _validate_add_method(body)
-    elif isinstance(body, RemovePaymentMethod) and not body.customer_id.strip():
+    elif isinstance(body, RemovePaymentMethod | ErasePaymentMethod) and not body.customer_id.strip():
         rejection = _reject(RejectionReason.INVALID_FIELD, "customer_id must not be empty")
     if rejection is None:
         rejection = _check_card_data(body)
     if rejection is None and (find_pan(command.origin) or looks_like_cvv_field("origin", command.origin)):
-        rejection = _reject(RejectionReason.CARD_DATA_IN_REQUEST, "card data found in: origin")
+        rejection = _reject(RejectionReason.SENSITIVE_DATA_REJECTED, "card data found in: origin")
     return rejection
 
 

@@ -208,6 +208,7 @@ class PaymentMethodRemoved:
     AVRO_NAME: ClassVar[str] = "PaymentMethodRemoved"
 
     customer_id: str
+    erased: bool = False  # removed by a customer erasure: token and card details forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,7 @@ TERMINAL_EVENTS: Final[dict[str, frozenset[str]]] = {
     "RefundPayment": _names(RefundProcessed, RefundFailed, PaymentOutcomeUnknown, CommandRejected),
     "AddPaymentMethod": _names(PaymentMethodAdded, CommandRejected),
     "RemovePaymentMethod": _names(PaymentMethodRemoved, CommandRejected),
+    "ErasePaymentMethod": _names(PaymentMethodRemoved, CommandRejected),
 }
 """Which event types end each command type (invariant I2).
 

@@ -42,6 +42,7 @@ from paystream.core.commands import (
     CapturePayment,
     Command,
     CreatePayment,
+    ErasePaymentMethod,
     RefundPayment,
     RemovePaymentMethod,
     validate,
@@ -635,7 +636,7 @@ def _refund(state: PaymentState, command: Command, body: RefundPayment, now: int
 
 def _decide_command(state: PaymentState | None, command: Command, now: int) -> Decision:
     body = command.body
-    if isinstance(body, AddPaymentMethod | RemovePaymentMethod):
+    if isinstance(body, AddPaymentMethod | RemovePaymentMethod | ErasePaymentMethod):  # core.methods decides these
         return _reject(state, command, RejectionReason.UNSUPPORTED_COMMAND, "not a payment command")
     rejection = validate(command)
     if rejection is not None:

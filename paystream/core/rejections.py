@@ -20,7 +20,9 @@ class RejectionReason(StrEnum):
     UNKNOWN_GATEWAY = "unknown_gateway"
     MISSING_PAYMENT_METHOD = "missing_payment_method"  # neither token nor saved method id
     AMBIGUOUS_PAYMENT_METHOD = "ambiguous_payment_method"  # both
-    CARD_DATA_IN_REQUEST = "card_data_in_request"  # a PAN or CVV in a free-text field (I6)
+    # A PAN or CVV anywhere in the command (I6). Renamed from card_data_in_request before any
+    # release, to the code issue #7 names; the value is never echoed, only field paths.
+    SENSITIVE_DATA_REJECTED = "sensitive_data_rejected"
     # Idempotency.
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # same command_id, other parameters
     # State machine.
@@ -36,6 +38,11 @@ class RejectionReason(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     OPERATION_IN_PROGRESS = "operation_in_progress"  # a gateway call for this payment is in flight
     REFUND_ID_REUSED = "refund_id_reused"
+    # Saved payment methods (core.methods).
+    PAYMENT_METHOD_EXISTS = "payment_method_exists"  # AddPaymentMethod for a method id in use
+    PAYMENT_METHOD_REMOVED = "payment_method_removed"  # the saved method was removed or erased
+    CUSTOMER_MISMATCH = "customer_mismatch"  # the saved method belongs to another customer
+    ENCRYPTION_UNAVAILABLE = "encryption_unavailable"  # no encryption key configured: tokens not stored
     # After acceptance: the gateway refused a capture/cancel (CommandRejected as the result).
     GATEWAY_ERROR = "gateway_error"
 

@@ -111,7 +111,7 @@ def test_create_for_an_existing_payment_is_rejected_and_changes_nothing() -> Non
         (create_cmd(token=None), RejectionReason.MISSING_PAYMENT_METHOD),
         (create_cmd(saved_method_id="pm_1"), RejectionReason.AMBIGUOUS_PAYMENT_METHOD),
         (create_cmd(token=None, saved_method_id="pm_1"), RejectionReason.PAYMENT_METHOD_NOT_FOUND),
-        (create_cmd(token="4242 4242 4242 4242"), RejectionReason.CARD_DATA_IN_REQUEST),
+        (create_cmd(token="4242 4242 4242 4242"), RejectionReason.SENSITIVE_DATA_REJECTED),
         (create_cmd(gateway="bank_of_bob"), RejectionReason.UNKNOWN_GATEWAY),
         (create_cmd(command_id=""), RejectionReason.INVALID_FIELD),
     ],

@@ -1,0 +1,1 @@
+"""Security: encryption at rest (``crypto``) and the hash-chained audit trail (``audit``)."""

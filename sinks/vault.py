@@ -1,0 +1,188 @@
+"""The vault topic → ``payment_methods`` (masked card data) and ``customer_gateway_tokens``.
+
+The worker writes one JSON record per saved-method change to the internal vault topic, in the
+same transaction as the ``PaymentMethodAdded``/``Removed`` event: the gateway token travels
+there only sealed (AES-GCM envelope bound to the method id), never on ``payment.events``.
+This sink (its own consumer group and process: ``paystream customers sink``) stores it:
+
+* ``payment_methods``: brand, last4, expiry, fingerprint, status; a row only moves to a newer
+  ``version``, so a replayed batch never moves a method backwards;
+* ``customer_gateway_tokens``: the envelope, for active methods only; a removal or an erasure
+  deletes it (data minimization).
+
+Like the event sink, a batch is written in one Postgres transaction and the offsets are
+committed after it. A record that would put card data into Postgres is refused (I6).
+
+``JsonTopicSink`` is the loop both this sink and the audit sink use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message
+
+from paystream.core.sensitive import scan
+from paystream.security.crypto import CryptoError, is_envelope, key_id_of
+
+log = logging.getLogger("paystream.sink.vault")
+
+Record = tuple[bytes | None, bytes | None]  # key, value
+
+
+def _ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class JsonTopicSink:
+    """Consume one internal topic (read_committed) and write each batch in one transaction."""
+
+    name = "sink"
+
+    def __init__(self, bootstrap: str, dsn: str, topic: str, group: str, batch_size: int = 500,
+                 batch_wait_s: float = 0.2) -> None:
+        self.dsn = dsn
+        self.topic = topic
+        self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
+        })
+        self.conn: psycopg.Connection | None = None
+        self.stored = 0
+
+    def write(self, conn: psycopg.Connection, records: list[Record]) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _connect(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.dsn, connect_timeout=5)
+        return self.conn
+
+    def _store(self, records: list[Record], stop: Callable[[], bool]) -> bool:
+        backoff = 0.2
+        while True:
+            try:
+                self.stored += self.write(self._connect(), records)
+                return True
+            except psycopg.OperationalError as exc:
+                log.warning("%s: postgres unavailable (%s); retrying in %.1fs", self.name,
+                            type(exc).__name__, backoff)
+                if self.conn is not None:
+                    self.conn.close()
+                    self.conn = None
+                if stop():
+                    return False
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        self.consumer.subscribe([self.topic])
+        try:
+            while not stop():
+                msgs: list[Message] = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_wait_s)
+                if not msgs:
+                    continue
+                records: list[Record] = []
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("%s: consumer error %s", self.name, err.code())
+                        continue
+                    records.append((msg.key(), msg.value()))
+                if records and not self._store(records, stop):
+                    return  # stopping before Postgres took the batch: offsets stay uncommitted
+                self.consumer.commit(asynchronous=False)
+        finally:
+            self.consumer.close()
+            if self.conn is not None:
+                self.conn.close()
+
+
+UPSERT_METHOD = """
+INSERT INTO payment_methods AS m (method_id, customer_id, gateway, status, brand, last4, exp_month, exp_year,
+                                  fingerprint, version, created_at, updated_at, removed_at)
+VALUES (%(method_id)s, %(customer_id)s, %(gateway)s, %(status)s, %(brand)s, %(last4)s, %(exp_month)s,
+        %(exp_year)s, %(fingerprint)s, %(version)s, %(created_at)s, %(updated_at)s, %(removed_at)s)
+ON CONFLICT (method_id) DO UPDATE SET
+    customer_id = EXCLUDED.customer_id, gateway = EXCLUDED.gateway, status = EXCLUDED.status,
+    brand = EXCLUDED.brand, last4 = EXCLUDED.last4, exp_month = EXCLUDED.exp_month, exp_year = EXCLUDED.exp_year,
+    fingerprint = EXCLUDED.fingerprint, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
+    removed_at = COALESCE(m.removed_at, EXCLUDED.removed_at)
+WHERE m.version < EXCLUDED.version
+"""
+
+UPSERT_TOKEN = """
+INSERT INTO customer_gateway_tokens (method_id, customer_id, gateway, token_ciphertext, key_id, updated_at)
+SELECT %(method_id)s, %(customer_id)s, %(gateway)s, %(token)s, %(key_id)s, %(updated_at)s
+WHERE EXISTS (SELECT 1 FROM payment_methods
+              WHERE method_id = %(method_id)s AND version = %(version)s AND status = 'active')
+ON CONFLICT (method_id) DO UPDATE SET
+    token_ciphertext = EXCLUDED.token_ciphertext, key_id = EXCLUDED.key_id, updated_at = EXCLUDED.updated_at
+"""
+
+DELETE_TOKEN = "DELETE FROM customer_gateway_tokens WHERE method_id = %(method_id)s"
+
+
+def method_row(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The rows' parameters for one vault record, or None when it must not be stored."""
+    if value.get("kind") != "payment_method" or not isinstance(value.get("method_id"), str):
+        return None
+    token = value.get("sealed_token")
+    if token is not None and not (isinstance(token, str) and is_envelope(token)):
+        log.error("vault record of %s carries a token that is not sealed: refused", value["method_id"])
+        return None
+    # Text fields only, as commands.validate does: an epoch-ms timestamp is not a card number.
+    if scan({k: v for k, v in value.items() if k != "sealed_token" and isinstance(v, str)}):
+        log.error("vault record of %s carries card data: refused", value["method_id"])
+        return None
+    status = value.get("status")
+    try:
+        key_id = key_id_of(token) if token else None
+    except CryptoError:
+        return None
+    return {
+        "method_id": value["method_id"], "customer_id": value["customer_id"], "gateway": value["gateway"],
+        "status": status, "brand": value.get("brand"), "last4": value.get("last4"),
+        "exp_month": value.get("exp_month"), "exp_year": value.get("exp_year"),
+        "fingerprint": value.get("fingerprint"), "version": value["version"],
+        "created_at": _ts(value.get("created_at")), "updated_at": _ts(value.get("updated_at")),
+        "removed_at": _ts(value.get("updated_at")) if status != "active" else None,
+        "token": token if status == "active" else None, "key_id": key_id,
+    }
+
+
+def write_vault_batch(conn: psycopg.Connection, records: list[Record]) -> int:
+    rows = []
+    for _, value in records:
+        try:
+            decoded = json.loads(value or b"null")
+        except ValueError:
+            log.error("unreadable vault record skipped")
+            continue
+        row = method_row(decoded) if isinstance(decoded, dict) else None
+        if row is not None:
+            rows.append(row)
+    with conn.transaction(), conn.cursor() as cur:
+        for row in rows:  # in order: a method's records share a partition, so they come in order
+            cur.execute(UPSERT_METHOD, row)
+            if row["token"] is not None:
+                cur.execute(UPSERT_TOKEN, row)
+            else:
+                cur.execute(DELETE_TOKEN, row)
+    return len(rows)
+
+
+class VaultSink(JsonTopicSink):
+    name = "vault sink"
+
+    def write(self, conn: psycopg.Connection, records: list[Record]) -> int:
+        return write_vault_batch(conn, records)
