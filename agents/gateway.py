@@ -179,6 +179,7 @@ class GatewayExecutor:
         consumer = AIOKafkaConsumer(
             self.calls_topic, bootstrap_servers=self.bootstrap, group_id=self.group,
             isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,  # a killed worker's calls move on soon
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
                                     linger_ms=1)

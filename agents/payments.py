@@ -25,6 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalOperation
+from faust.exceptions import ProducerSendError
+from faust.types import TP
 
 from agents.gateway import GatewayExecutor, reply_input
 from agents.methods import MethodDirectory
@@ -34,7 +37,7 @@ from paystream import metrics
 from paystream.config import Settings
 from paystream.core import commands as cmds
 from paystream.core import events as evs
-from paystream.core.machine import PaymentStatus, reconcile_effects
+from paystream.core.machine import reconcile_effects
 from paystream.core.methods import DetachAtGateway
 from paystream.core.sensitive import find_pan, redact, scan
 from paystream.security import audit as au
@@ -64,6 +67,10 @@ def cloudevent_headers(ev: evs.PaymentEvent) -> list[tuple[str, bytes]]:
         ("ce_subject", ev.payment_id.encode()),
         ("content-type", b"application/avro"),
     ]
+
+
+class PartitionLost(Exception):
+    """The input's partition was revoked while it was being applied."""
 
 
 @dataclass(frozen=True)
@@ -202,17 +209,26 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         if event is not None and app.in_transaction:
             msg = event.message
             tid = f"{app.conf.id}-{app.assignor.group_for_topic(msg.topic)}-{msg.partition}"
-        await app.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
+        try:
+            await app.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
+        except (IllegalOperation, ProducerSendError) as exc:
+            if tid is None:
+                raise
+            # The partition's transaction was closed by a rebalance: the partition is another
+            # worker's now, which applies this input again from the committed offset.
+            raise PartitionLost(tid) from exc
 
     async def dead_letter(event: faust.EventT, stage: str, reason: str, error: str) -> None:
         msg = event.message
         metrics.DEADLETTERS.labels(stage, reason).inc()
-        value, redacted = msg.value, []
+        key, value, redacted = msg.key, msg.value, []
         if value is not None and find_pan(value.decode("latin-1")):
             # Never copy card data into another topic (I6): the bytes stay only where the sender put them.
             value, redacted = None, [("ps_redacted", b"sensitive_data_rejected")]
+        if key is not None and (len(key) > 1024 or find_pan(key.decode("latin-1"))):
+            key, redacted = None, [*redacted, ("ps_key_redacted", b"1")]
         await send(
-            event, topics.DEADLETTER, msg.key, value, msg.partition,
+            event, topics.DEADLETTER, key, value, msg.partition,
             headers=[
                 *redacted,
                 ("ps_stage", stage.encode()),
@@ -313,7 +329,13 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             await publish(event, processor.handle_undecodable(pid, value.get("command_id"), str(exc), now_ms(),
                                                                event.message.partition))
             return
-        key = event.message.key.decode() if event.message.key else None
+        pid = command.payment_id
+        if len(pid) > cmds.MAX_TEXT_LENGTH or any(ord(ch) < 32 for ch in pid) or find_pan(pid):
+            # Every event of a payment is keyed by its id: an id we cannot publish (a card
+            # number, control characters, kilobytes long) is dead-lettered, never echoed.
+            await dead_letter(event, "guard", "unpublishable_payment_id", "payment_id cannot be published")
+            return
+        key = event.message.key.decode(errors="replace") if event.message.key else None
         if key != command.payment_id:
             # Keyed elsewhere, the command would miss its payment's partition and state.
             await dead_letter(event, "route", "key_mismatch", "message key differs from payment_id")
@@ -365,6 +387,8 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     async def handle(event: Any) -> None:
         try:
             await handlers[event.message.topic](event)
+        except PartitionLost:
+            raise
         except Exception as exc:  # never let one message stop the worker
             log.exception("processing %s failed", event.message.topic)
             await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
@@ -396,10 +420,22 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         await handle(event)
         applied_offsets[key] = m.offset
 
+    def owned(event: faust.EventT) -> bool:
+        m = event.message
+        return not app.in_transaction or TP(m.topic, m.partition) in app.consumer.assignment()
+
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await guarded(event)
+            if not owned(event):
+                metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
+                continue
+            try:
+                await guarded(event)
+            except PartitionLost as lost:
+                metrics.REVOKED_SKIPPED.inc()
+                log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
+                            lost)
 
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
@@ -423,13 +459,14 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         for _key, value in list(payments_table.items()):
             record = PaymentRecord.from_json(value)
             st = record.state
-            if st is None or st.pending is None or not st.pending.outcome_unknown:
-                continue
-            if st.status is not PaymentStatus.UNKNOWN and st.pending is None:
+            # Unknown outcomes: the payment's own call, and refunds left pending by a call whose
+            # outcome is unknown (those free the payment's slot, so `pending` may be None).
+            calls = reconcile_effects(st) if st is not None else ()
+            if not calls:
                 continue
             pending += 1
             oldest = max(oldest, (now - st.updated_at) / 1000)
-            for call in reconcile_effects(st):
+            for call in calls:
                 # Outside any input's transaction: a plain send; a repeated retrieve is harmless.
                 await send(None, calls_topic_name, call.payment_id.encode(), codec.encode(call), record.partition)
         metrics.UNKNOWN_PENDING.set(pending)

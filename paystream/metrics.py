@@ -25,3 +25,5 @@ REDELIVERED = Counter("paystream_input_redelivered_total", "Input messages deliv
 GAPS_HEALED = Counter("paystream_input_gaps_healed_total", "Input messages the consumer skipped, read back", ["topic"])
 GAPS_UNREADABLE = Counter("paystream_input_gaps_unreadable_total", "Skipped ranges that could not be read back",
                           ["topic"])
+REVOKED_SKIPPED = Counter("paystream_input_revoked_skipped_total",
+                          "Inputs left to a partition's new owner after a rebalance")

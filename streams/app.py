@@ -35,5 +35,11 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
         # Topics are created by `paystream topics create` with the right partition count.
         topic_allow_declare=True,
-        stream_wait_empty=False,
+        # On a rebalance, finish the inputs in flight before the partitions' transactions are
+        # committed and closed: with False, table writes of an input still being applied hit a
+        # closed transaction and the worker crashed (IllegalOperation, then ProducerFenced).
+        stream_wait_empty=True,
+        # A killed worker's partitions wait for its session to expire: 10 s, not 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )

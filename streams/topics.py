@@ -38,9 +38,19 @@ def audit(app_id: str) -> str:
     return f"{app_id}-audit"
 
 
+#: The worker's changelog-backed tables (agents/payments.py). Their changelog topics are
+#: created with the others: created lazily by faust, a first worker on a fresh stack crash-looped
+#: for minutes on PartitionsMismatch while the new topic's metadata was not yet known.
+TABLES = ("payments", "idempotency", "applied-offsets", "payment-methods")
+
+
+def changelog(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
 def topic_config(app_id: str, topic: str) -> dict[str, str]:
     """Per-topic settings given at creation."""
-    if topic == vault(app_id):
+    if topic == vault(app_id) or topic in {changelog(app_id, t) for t in TABLES}:
         return {"cleanup.policy": "compact"}
     return {}
 
@@ -70,7 +80,7 @@ AVRO_TOPICS = (
 
 def all_topics(app_id: str) -> list[str]:
     return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id),
-            vault(app_id), audit(app_id)]
+            vault(app_id), audit(app_id), *(changelog(app_id, t) for t in TABLES)]
 
 
 def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0) -> list[str]:

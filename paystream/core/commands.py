@@ -245,6 +245,32 @@ def _reject(reason: RejectionReason, detail: str) -> Rejection:
     return Rejection(reason=reason, detail=detail)
 
 
+MAX_TEXT_LENGTH: Final = 255  # ids and short text; metadata values are bounded separately
+MAX_METADATA_VALUE_LENGTH: Final = 1024
+
+
+def _bad_text(value: str, limit: int) -> bool:
+    """Too long, or control characters (NUL cannot even be stored in Postgres text)."""
+    return len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+
+
+def _unprintable_fields(command: Command) -> list[str]:
+    """Names of the text fields that are too long or carry control characters."""
+    bad = [name for name in ("command_id", "payment_id", "origin")
+           if _bad_text(getattr(command, name), MAX_TEXT_LENGTH)]
+    body = command.body
+    for field in dataclasses.fields(body):
+        value = getattr(body, field.name)
+        if isinstance(value, str) and _bad_text(value, MAX_TEXT_LENGTH):
+            bad.append(field.name)
+    if isinstance(body, CreatePayment):
+        for key, value in body.metadata:
+            if _bad_text(key, MAX_TEXT_LENGTH) or _bad_text(value, MAX_METADATA_VALUE_LENGTH):
+                bad.append("metadata")
+                break
+    return bad
+
+
 def _blank(value: str | None) -> bool:
     return value is not None and not value.strip()
 
@@ -327,6 +353,8 @@ def validate(command: Command) -> Rejection | None:
     for name in ("command_id", "payment_id"):
         if not getattr(command, name).strip():
             return _reject(RejectionReason.INVALID_FIELD, f"{name} must not be empty")
+    if (bad := _unprintable_fields(command)):
+        return _reject(RejectionReason.INVALID_FIELD, "too long or control characters in: " + ", ".join(bad))
     if command.issued_at < 0:
         return _reject(RejectionReason.INVALID_FIELD, "issued_at must not be negative")
     body = command.body

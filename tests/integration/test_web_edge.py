@@ -62,6 +62,8 @@ def wait_status(c: httpx.Client, payment_id: str, wanted: set[str], timeout: flo
             last = r.json()
             if last["status"] in wanted:
                 return last
+        else:
+            last = {"http_status": r.status_code, "body": r.text[:300]}
         time.sleep(0.3)
     raise AssertionError(f"{payment_id} never reached {wanted}: {last}")
 

@@ -1,0 +1,91 @@
+"""Short chaos runs on the real stack: each scenario of ``chaos.scenarios`` with a few hundred
+payments (and two or three kills), checked from outside by ``chaos.checker``.
+
+Every invariant column must be zero: double charges (I1), lost commands (I4), duplicate or
+missing events (I2, I5), sequence gaps (I5), amount violations (I3), Postgres mismatches (I7),
+card numbers (I6), disagreements with the gateway's ledger, forged webhooks accepted. The
+first two columns (commands sent, results) are sizes, not checks. A scenario that fails
+because of a known bug is marked xfail (not strict: fixes are in progress) with the finding (docs/reliability.md), so the
+marker has to go when the bug is fixed; the checker itself is never relaxed.
+
+The scenarios start their own workers and sink; the session's worker (tests/conftest.py), if
+it runs, is stopped meanwhile so no other member of the consumer group takes their partitions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chaos.scenarios import run_scenario
+
+# Known findings that make a short scenario fail today (see docs/reliability.md).
+KNOWN: dict[str, str] = {
+    "gateway-faults": (
+        "F5/F6: a refund whose gateway call times out stays pending for good: the reconciler skips "
+        "payments with no pending slot (agents/payments.py reconciler: `st.pending is None` -> continue) "
+        "although reconcile_effects() covers pending refunds, and the refund_succeeded webhook cannot "
+        "settle it because paystream/web/mapping.py puts the gateway's refund ref (simre_...) in "
+        "refund_id; the gateway refunded money paystream never reports (ledger mismatches)"),
+    "webhooks": (
+        "F9: some 3-D Secure payments stay requires_action although the gateway finished the action "
+        "(succeeded/authorized/declined) and its webhook was accepted three times and is on "
+        "payment.webhooks: no event follows (5-6 of ~45 per short run; ledger mismatches)"),
+    "poison": (
+        "F7: a payment_id holding a card number is accepted and published: payment.events (key, value, "
+        "ce_subject), payments/idempotency changelogs, gateway calls/replies, paystream-audit, Postgres "
+        "and the gateway's ledger (I6)"),
+}
+
+ORDER = ["worker-kill", "rebalance", "kafka-kill", "postgres-stop", "gateway-faults", "webhooks", "poison"]
+
+
+def _params() -> list[object]:
+    out: list[object] = []
+    for name in ORDER:
+        reason = KNOWN.get(name)
+        marks = [pytest.mark.xfail(strict=False, reason=reason)] if reason else []
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+def _session_worker_running() -> bool:
+    """Whether this pytest process has a paystream worker child (the session fixture's)."""
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"paystream.cli" in cmdline and b"worker" in cmdline:
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def chaos_env(stack_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    session_worker = request.getfixturevalue("worker") if _session_worker_running() else None
+    if session_worker is not None:
+        session_worker.stop()
+    try:
+        yield {**os.environ, **stack_env}
+    finally:
+        if session_worker is not None:
+            session_worker.start()
+            session_worker.wait_ready()
+
+
+@pytest.mark.parametrize("name", _params())
+def test_chaos_short(name: str, chaos_env: dict[str, str], tmp_path: Path) -> None:
+    report = run_scenario(name, short=True, outdir=tmp_path, env=chaos_env)
+    print(report.summary_line())
+    assert report.results > 0 and report.payments > 0, f"no traffic went through:\n{report.details()}"
+    assert report.extra.get("forged_accepted", 0) == 0, f"forged webhooks accepted:\n{report.details()}"
+    violations = {k: v for k, v in report.failures().items() if v}
+    assert not violations, f"{report.summary_line()}\n{report.details(limit=20)}"
