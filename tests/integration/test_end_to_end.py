@@ -155,3 +155,50 @@ def test_invalid_commands_are_rejected_with_a_reason(worker, producer: OrderServ
     [event] = collector.by_payment[pid]
     assert event["_type"] == "CommandRejected" and event["event"][1]["reason"] == reason
     assert event["causation_command_id"] == cmd["command_id"] and event["sequence"] == 1
+
+
+def test_cancel_before_capture_and_capture_after_cancel_is_rejected(worker, sink, producer: OrderServiceProducer,
+                                                                    collector: Collector, pg_dsn: str) -> None:
+    pid = uid("cancel")
+    create = producer.send(create_cmd(pid, amount=2_500, currency="JPY", capture_method="manual"))
+    cancel = producer.send(envelope(pid, "CancelPayment", {"reason": "customer_changed_mind"}))
+    late = producer.send(envelope(pid, "CapturePayment", {"amount": None, "currency": None}))
+    wrong_currency = producer.send(envelope(uid("cur"), "CapturePayment", {"amount": 1, "currency": "EUR"}))
+    producer.flush()
+    ids = {pid: {c["command_id"] for c in (create, cancel, late)}}
+    assert collector.wait_terminal(ids, 60)
+    events = collector.by_payment[pid]
+    check_sequences(events)
+    assert [e["_type"] for e in events] == ["PaymentCreated", "PaymentAuthorized", "PaymentCanceled",
+                                            "CommandRejected"]
+    assert events[2]["event"][1]["released"] == 2_500 and events[2]["status"] == "canceled"
+    assert events[3]["event"][1]["reason"] == "payment_not_capturable"
+    assert collector.wait_terminal({wrong_currency["payment_id"]: {wrong_currency["command_id"]}}, 30)
+    rows, _ = wait_pg(pg_dsn, {pid: 4})
+    assert rows[pid][0] == "canceled"
+
+
+def test_many_payments_interleaved_keep_their_own_order(worker, producer: OrderServiceProducer,
+                                                         collector: Collector) -> None:
+    """Commands of 40 payments interleaved on the wire: each payment's own order holds (I2, I5)."""
+    pids = [uid("interleave") for _ in range(40)]
+    ids: dict[str, set[str]] = {p: set() for p in pids}
+    for p in pids:
+        ids[p].add(producer.send(create_cmd(p, amount=3_000, capture_method="manual"))["command_id"])
+    for p in pids:
+        ids[p].add(producer.send(envelope(p, "CapturePayment", {"amount": 2_000, "currency": None}))["command_id"])
+    for p in pids:
+        ids[p].add(producer.send(envelope(p, "RefundPayment", {"refund_id": "r", "amount": 500, "currency": None,
+                                                              "reason": None}))["command_id"])
+    producer.flush()
+    assert collector.wait_terminal(ids, 120)
+    collector.poll(1.0)
+    counts = collector.terminal_causations()
+    for p in pids:
+        events = collector.by_payment[p]
+        check_sequences(events)
+        assert [e["_type"] for e in events] == ["PaymentCreated", "PaymentAuthorized", "PaymentCaptured",
+                                                "PaymentSucceeded", "RefundProcessed"]
+        assert all(counts[c] == 1 for c in ids[p])
+        t = events[-1]["totals"][1]
+        assert t["refunded"] <= t["captured"] <= t["authorized"] <= t["amount"]  # I3
