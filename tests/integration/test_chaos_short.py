@@ -5,8 +5,9 @@ Every invariant column must be zero: double charges (I1), lost commands (I4), du
 missing events (I2, I5), sequence gaps (I5), amount violations (I3), Postgres mismatches (I7),
 card numbers (I6), disagreements with the gateway's ledger, forged webhooks accepted. The
 first two columns (commands sent, results) are sizes, not checks. A scenario that fails
-because of a known bug is marked xfail (not strict: fixes are in progress) with the finding (docs/reliability.md), so the
-marker has to go when the bug is fixed; the checker itself is never relaxed.
+because of a known bug is marked xfail (not strict: fixes are in progress) with the
+finding (docs/reliability.md), so the marker has to go when the bug is fixed; the checker
+itself is never relaxed.
 
 The scenarios start their own workers and sink; the session's worker (tests/conftest.py), if
 it runs, is stopped meanwhile so no other member of the consumer group takes their partitions.
