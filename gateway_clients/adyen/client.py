@@ -24,6 +24,7 @@ from typing import Final, Self
 
 import httpx
 
+from gateway_clients._guards import check_amount, check_key, elapsed_ms, path_segment
 from gateway_clients.adyen.translator import (
     MalformedPayloadError,
     classify_error,
@@ -111,8 +112,8 @@ class AdyenGatewayClient:
         idempotency_key: str,
         metadata: Mapping[str, str] | None = None,
     ) -> GatewayResult:
-        _check_amount(amount)
-        _check_key(idempotency_key)
+        check_amount(amount)
+        check_key(idempotency_key)
         if not payment_method_token:
             raise PermanentGatewayError("payment_method_token must not be empty", gateway_code="invalid_request")
         metadata = dict(metadata or {})
@@ -140,14 +141,14 @@ class AdyenGatewayClient:
                 capture_requested=capture,
                 amount=amount,
                 currency=currency,
-                latency_ms=_since(started),
+                latency_ms=elapsed_ms(started),
                 replayed=_replayed(headers),
             )
         except MalformedPayloadError as exc:
             raise OutcomeUnknownError(f"malformed Adyen response: {exc}", idempotency_key=idempotency_key) from exc
 
     async def capture(self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str) -> GatewayResult:
-        _check_amount(amount)
+        check_amount(amount)
         body = {"amount": {"currency": currency.upper(), "value": amount}}
         return await self._modify(gateway_ref, "captures", body, idempotency_key, refund=False)
 
@@ -163,7 +164,7 @@ class AdyenGatewayClient:
         currency: str,
         idempotency_key: str,
     ) -> GatewayResult:
-        _check_amount(amount)
+        check_amount(amount)
         body = {"amount": {"currency": currency.upper(), "value": amount}}
         return await self._modify(gateway_ref, "refunds", body, idempotency_key, refund=True)
 
@@ -191,18 +192,19 @@ class AdyenGatewayClient:
     async def _modify(
         self, psp_reference: str, kind: str, extra: Mapping[str, object], idempotency_key: str, *, refund: bool
     ) -> GatewayResult:
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         body = {
             "merchantAccount": self._merchant_account,
             "reference": _modification_reference(idempotency_key),
             **extra,
         }
         started = time.perf_counter()
-        status, payload, headers = await self._post(f"/payments/{_path(psp_reference)}/{kind}", body, idempotency_key)
+        path = f"/payments/{path_segment(psp_reference)}/{kind}"
+        status, payload, headers = await self._post(path, body, idempotency_key)
         self._raise_for_error(status, payload, headers, idempotency_key)
         try:
             return result_from_modification(
-                _required(payload), refund=refund, latency_ms=_since(started), replayed=_replayed(headers)
+                _required(payload), refund=refund, latency_ms=elapsed_ms(started), replayed=_replayed(headers)
             )
         except MalformedPayloadError as exc:
             raise OutcomeUnknownError(f"malformed Adyen response: {exc}", idempotency_key=idempotency_key) from exc
@@ -254,24 +256,4 @@ def _modification_reference(key: str) -> str:
     return (payment_id or key)[:_MAX_REFERENCE]
 
 
-def _since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
 
-
-def _check_amount(amount: object) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise PermanentGatewayError(f"amount must be int minor units, got {type(amount).__name__}",
-                                    gateway_code="invalid_amount")  # fmt: skip
-    if amount <= 0:
-        raise PermanentGatewayError("amount must be positive", gateway_code="invalid_amount")
-
-
-def _check_key(key: str) -> None:
-    if not key:
-        raise PermanentGatewayError("idempotency_key must not be empty", gateway_code="missing_idempotency_key")
-
-
-def _path(segment: str) -> str:
-    if not segment or any(c in segment for c in "/?#%") or ".." in segment:
-        raise PermanentGatewayError(f"invalid gateway reference {segment!r}", gateway_code="invalid_reference")
-    return segment

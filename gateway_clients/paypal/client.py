@@ -28,6 +28,7 @@ from typing import Final, Literal, Self
 
 import httpx
 
+from gateway_clients._guards import check_amount, check_key, elapsed_ms, path_segment
 from gateway_clients.paypal.translator import (
     MalformedPayloadError,
     classify_error,
@@ -136,8 +137,8 @@ class PayPalGatewayClient:
         idempotency_key: str,
         metadata: Mapping[str, str] | None = None,
     ) -> GatewayResult:
-        _check_amount(amount)
-        _check_key(idempotency_key)
+        check_amount(amount)
+        check_key(idempotency_key)
         if not payment_method_token:
             raise PermanentGatewayError("payment_method_token must not be empty", gateway_code="invalid_request")
         body = {
@@ -158,31 +159,31 @@ class PayPalGatewayClient:
             return result
         # Approved but not processed yet: complete it (its own deterministic request id).
         step = "capture" if capture else "authorize"
-        path = f"/v2/checkout/orders/{_path(result.gateway_ref)}/{step}"
+        path = f"/v2/checkout/orders/{path_segment(result.gateway_ref)}/{step}"
         status, order = await self._request("POST", path, {}, request_id(idempotency_key, step))
         return self._order_result(status, order, idempotency_key, started, mutating=True)
 
     async def capture(self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str) -> GatewayResult:
-        _check_amount(amount)
-        _check_key(idempotency_key)
+        check_amount(amount)
+        check_key(idempotency_key)
         started = time.perf_counter()
         authorization_id = await self._payment_id_in_order(gateway_ref, "authorizations")
         body = {
             "amount": {"currency_code": currency.upper(), "value": minor_to_value(amount, currency)},
             "final_capture": True,  # the remainder of the authorization is released
         }
-        path = f"/v2/payments/authorizations/{_path(authorization_id)}/capture"
+        path = f"/v2/payments/authorizations/{path_segment(authorization_id)}/capture"
         status, payload = await self._request("POST", path, body, request_id(idempotency_key))
         return self._translate(status, payload, idempotency_key, started, True, result_from_capture, gateway_ref)
 
     async def cancel(self, *, gateway_ref: str, idempotency_key: str) -> GatewayResult:
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         started = time.perf_counter()
         authorization_id = await self._payment_id_in_order(gateway_ref, "authorizations")
-        path = f"/v2/payments/authorizations/{_path(authorization_id)}/void"
+        path = f"/v2/payments/authorizations/{path_segment(authorization_id)}/void"
         status, payload = await self._request("POST", path, None, request_id(idempotency_key))
         if status == 204:
-            return voided_result(gateway_ref, latency_ms=_since(started))
+            return voided_result(gateway_ref, latency_ms=elapsed_ms(started))
         return self._translate(status, payload, idempotency_key, started, True, result_from_authorization, gateway_ref)
 
     async def refund(
@@ -194,8 +195,8 @@ class PayPalGatewayClient:
         currency: str,
         idempotency_key: str,
     ) -> GatewayResult:
-        _check_amount(amount)
-        _check_key(idempotency_key)
+        check_amount(amount)
+        check_key(idempotency_key)
         started = time.perf_counter()
         capture_id = await self._payment_id_in_order(gateway_ref, "captures")
         body: dict[str, object] = {
@@ -205,7 +206,7 @@ class PayPalGatewayClient:
         match = _KEY_RE.match(idempotency_key)
         if match:
             body["custom_id"] = match.group("payment_id")[:127]
-        path = f"/v2/payments/captures/{_path(capture_id)}/refund"
+        path = f"/v2/payments/captures/{path_segment(capture_id)}/refund"
         status, payload = await self._request("POST", path, body, request_id(idempotency_key))
         return self._translate(status, payload, idempotency_key, started, True, result_from_refund, gateway_ref)
 
@@ -214,7 +215,7 @@ class PayPalGatewayClient:
         request with the same key instead (PayPal replays it), or wait for the webhook."""
         if gateway_ref is not None:
             started = time.perf_counter()
-            status, order = await self._request("GET", f"/v2/checkout/orders/{_path(gateway_ref)}", None, None)
+            status, order = await self._request("GET", f"/v2/checkout/orders/{path_segment(gateway_ref)}", None, None)
             return self._order_result(status, order, None, started, mutating=False)
         if idempotency_key is not None:
             raise OutcomeUnknownError(
@@ -233,7 +234,7 @@ class PayPalGatewayClient:
 
     async def _payment_id_in_order(self, order_id: str, kind: Literal["authorizations", "captures"]) -> str:
         """The id of the order's (last) authorization or capture, read from the order."""
-        status, order = await self._request("GET", f"/v2/checkout/orders/{_path(order_id)}", None, None)
+        status, order = await self._request("GET", f"/v2/checkout/orders/{path_segment(order_id)}", None, None)
         if not 200 <= status < 300 or order is None:
             outcome = classify_error(status, order, mutating=False)
             if isinstance(outcome, GatewayError):
@@ -274,7 +275,7 @@ class PayPalGatewayClient:
         translate: Callable[..., GatewayResult],
         order_id: str,
     ) -> GatewayResult:
-        latency_ms = _since(started)
+        latency_ms = elapsed_ms(started)
         if not 200 <= status < 300:
             outcome = classify_error(status, payload, mutating=mutating, idempotency_key=key, latency_ms=latency_ms)
             if isinstance(outcome, GatewayError):
@@ -356,25 +357,4 @@ def _json_object(response: httpx.Response) -> Mapping[str, object] | None:
     return decoded if isinstance(decoded, dict) else None
 
 
-def _since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
 
-
-def _check_amount(amount: object) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise PermanentGatewayError(f"amount must be int minor units, got {type(amount).__name__}",
-                                    gateway_code="invalid_amount")  # fmt: skip
-    if amount <= 0:
-        raise PermanentGatewayError("amount must be positive", gateway_code="invalid_amount")
-
-
-def _check_key(key: str) -> None:
-    if not key:
-        raise PermanentGatewayError("idempotency_key must not be empty", gateway_code="missing_idempotency_key")
-
-
-def _path(segment: str) -> str:
-    """Refuse references that would change the URL path (they come from outside)."""
-    if not segment or any(c in segment for c in "/?#%") or ".." in segment:
-        raise PermanentGatewayError(f"invalid gateway reference {segment!r}", gateway_code="invalid_reference")
-    return segment

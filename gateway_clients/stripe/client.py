@@ -24,6 +24,7 @@ from typing import Any, Final, Self
 import httpx
 import stripe
 
+from gateway_clients._guards import check_amount, check_key, path_segment
 from gateway_clients.protocol import (
     ChargeNotFoundError,
     GatewayError,
@@ -118,9 +119,9 @@ class StripeGatewayClient:
         idempotency_key: str,
         metadata: Mapping[str, str] | None = None,
     ) -> GatewayResult:
-        _check_amount(amount)
+        check_amount(amount)
         _check_currency(currency)
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         if not payment_method_token:
             raise PermanentGatewayError("payment_method_token must not be empty", gateway_code="invalid_request")
         params: dict[str, Any] = {
@@ -152,13 +153,13 @@ class StripeGatewayClient:
         return _translate(intent, result_from_payment_intent, mutating=True, key=idempotency_key, started=started)
 
     async def capture(self, *, gateway_ref: str, amount: int, currency: str, idempotency_key: str) -> GatewayResult:
-        _check_amount(amount)
+        check_amount(amount)
         _check_currency(currency)
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         started = time.perf_counter()
         try:
             intent = await self._stripe.v1.payment_intents.capture_async(
-                _ref(gateway_ref),
+                path_segment(gateway_ref),
                 {"amount_to_capture": amount, "expand": ["latest_charge"]},
                 options={"idempotency_key": idempotency_key},
             )
@@ -167,11 +168,11 @@ class StripeGatewayClient:
         return _translate(intent, result_from_payment_intent, mutating=True, key=idempotency_key, started=started)
 
     async def cancel(self, *, gateway_ref: str, idempotency_key: str) -> GatewayResult:
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         started = time.perf_counter()
         try:
             intent = await self._stripe.v1.payment_intents.cancel_async(
-                _ref(gateway_ref), {}, options={"idempotency_key": idempotency_key}
+                path_segment(gateway_ref), {}, options={"idempotency_key": idempotency_key}
             )
         except stripe.StripeError as exc:
             return _result_or_raise(exc, mutating=True, idempotency_key=idempotency_key, started=started)
@@ -186,9 +187,9 @@ class StripeGatewayClient:
         currency: str,
         idempotency_key: str,
     ) -> GatewayResult:
-        _check_amount(amount)
+        check_amount(amount)
         _check_currency(currency)
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         metadata = {METADATA_REFUND_ID: refund_id, METADATA_IDEMPOTENCY_KEY: idempotency_key}
         payment_id = payment_id_from_key(idempotency_key)
         if payment_id is not None:
@@ -196,7 +197,8 @@ class StripeGatewayClient:
         started = time.perf_counter()
         try:
             refund = await self._stripe.v1.refunds.create_async(
-                {"payment_intent": _ref(gateway_ref), "amount": amount, "metadata": metadata, "expand": ["charge"]},
+                {"payment_intent": path_segment(gateway_ref), "amount": amount, "metadata": metadata,
+                 "expand": ["charge"]},
                 options={"idempotency_key": idempotency_key},
             )
         except stripe.StripeError as exc:
@@ -218,7 +220,7 @@ class StripeGatewayClient:
                 return await self._refund_by_key(gateway_ref, idempotency_key, started)
             if gateway_ref is not None:
                 intent = await self._stripe.v1.payment_intents.retrieve_async(
-                    _ref(gateway_ref), {"expand": ["latest_charge"]}
+                    path_segment(gateway_ref), {"expand": ["latest_charge"]}
                 )
                 return _translate(intent, result_from_payment_intent, mutating=False, key=None, started=started)
             if idempotency_key is not None:
@@ -246,7 +248,7 @@ class StripeGatewayClient:
 
     async def _refund_by_key(self, gateway_ref: str, key: str, started: float) -> GatewayResult:
         refunds = await self._stripe.v1.refunds.list_async(
-            {"payment_intent": _ref(gateway_ref), "limit": 100, "expand": ["data.charge"]}
+            {"payment_intent": path_segment(gateway_ref), "limit": 100, "expand": ["data.charge"]}
         )
         for refund in refunds.data:
             if _metadata_value(refund, METADATA_IDEMPOTENCY_KEY) == key:
@@ -299,32 +301,12 @@ def _result_or_raise(
     return outcome
 
 
-def _check_amount(amount: object) -> None:
-    """Money is a positive int of minor units: bool and float are refused before any I/O."""
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise PermanentGatewayError(
-            f"amount must be int minor units, got {type(amount).__name__}", gateway_code="invalid_amount"
-        )
-    if amount <= 0:
-        raise PermanentGatewayError("amount must be positive", gateway_code="invalid_amount")
-
 
 def _check_currency(currency: str) -> None:
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise PermanentGatewayError(f"invalid currency {currency!r}", gateway_code="invalid_currency")
 
 
-def _check_key(key: str) -> None:
-    if not key:
-        # stripe-python would silently invent a random key: never let it.
-        raise PermanentGatewayError("idempotency_key must not be empty", gateway_code="missing_idempotency_key")
-
-
-def _ref(gateway_ref: str) -> str:
-    """Refuse references that would change the URL path (they come from outside)."""
-    if not gateway_ref or any(c in gateway_ref for c in "/?#%") or ".." in gateway_ref:
-        raise PermanentGatewayError(f"invalid gateway reference {gateway_ref!r}", gateway_code="invalid_reference")
-    return gateway_ref
 
 
 def _search_literal(value: str) -> str:
