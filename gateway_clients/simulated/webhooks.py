@@ -8,11 +8,10 @@ Verification is pure: the current time is passed in.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Mapping, Sequence
 
+from gateway_clients._signatures import DEFAULT_TOLERANCE_S, compute_signature, sign_payload, verify_signature
 from gateway_clients.protocol import GatewayNotification, InvalidWebhookError
 from gateway_clients.simulated.translator import notification_from_event
 
@@ -26,67 +25,6 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER = "Simgw-Signature"
-DEFAULT_TOLERANCE_S = 300
-
-
-def compute_signature(payload: bytes, secret: str, timestamp: int) -> str:
-    signed = str(timestamp).encode("ascii") + b"." + payload
-    return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
-
-
-def sign_payload(payload: bytes, secrets: Sequence[str], timestamp: int) -> str:
-    """Header value signing ``payload`` with every secret (several during a rotation)."""
-    if not secrets:
-        raise ValueError("at least one secret is required")
-    parts = [f"t={timestamp}"]
-    parts.extend(f"v1={compute_signature(payload, s, timestamp)}" for s in secrets)
-    return ",".join(parts)
-
-
-def verify_signature(
-    payload: bytes,
-    header: str | None,
-    secrets: Sequence[str],
-    *,
-    now: int,
-    tolerance_s: int = DEFAULT_TOLERANCE_S,
-) -> int:
-    """Check ``header`` against the raw ``payload``; return the signed timestamp.
-
-    Raises ``InvalidWebhookError`` when the header is missing or malformed, the timestamp is
-    further than ``tolerance_s`` from ``now`` (either way: replays and clock skew), or no
-    ``v1`` signature matches any of ``secrets``.
-    """
-    if not secrets:
-        raise InvalidWebhookError("no webhook secret configured", gateway_code="no_secret")
-    if not header:
-        raise InvalidWebhookError("missing signature header", gateway_code="missing_signature")
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        name, sep, value = part.strip().partition("=")
-        if not sep:
-            continue
-        if name == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise InvalidWebhookError("malformed timestamp", gateway_code="malformed_signature") from None
-        elif name == "v1":
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        raise InvalidWebhookError("signature header lacks t or v1", gateway_code="malformed_signature")
-    if tolerance_s > 0 and abs(now - timestamp) > tolerance_s:
-        raise InvalidWebhookError("timestamp outside the tolerance", gateway_code="timestamp_out_of_tolerance")
-    # Compare every pair without an early exit so timing leaks nothing about which matched.
-    matched = False
-    for secret in secrets:
-        expected = compute_signature(payload, secret, timestamp)
-        for candidate in candidates:
-            matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise InvalidWebhookError("no matching signature", gateway_code="signature_mismatch")
-    return timestamp
 
 
 def parse_verified_webhook(
