@@ -49,6 +49,7 @@ from tables import codec
 log = logging.getLogger("paystream.agents")
 
 CE_SOURCE = "paystream"
+Event = faust.EventT[bytes]  # an input message of the payments agent (raw bytes)
 
 
 def now_ms() -> int:
@@ -167,8 +168,8 @@ def event_audit_record(ev: evs.PaymentEvent, actor: str, origin: str, method_key
 
 def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     s = w.settings
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    inputs = app.topic(topics.REQUESTS, topics.gateway_replies(s.app_id), topics.WEBHOOKS, **raw)
+    inputs = app.topic(topics.REQUESTS, topics.gateway_replies(s.app_id), topics.WEBHOOKS,
+                       key_serializer="raw", value_serializer="raw")
     calls_topic_name = topics.gateway_calls(s.app_id)
 
     # Keys are payment ids (str); values are JSON (the app's default value serializer).
@@ -195,7 +196,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         methods=methods_table, sealer=keyring, method_lookup=lookup_method,
     )
 
-    async def send(event: faust.EventT | None, topic: str, key: bytes | None, value: bytes | None,
+    async def send(event: Event | None, topic: str, key: bytes | None, value: bytes | None,
                    partition: int, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Send in the transaction of the input's partition, to the input's partition number.
 
@@ -218,7 +219,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             # worker's now, which applies this input again from the committed offset.
             raise PartitionLost(tid) from exc
 
-    async def dead_letter(event: faust.EventT, stage: str, reason: str, error: str) -> None:
+    async def dead_letter(event: Event, stage: str, reason: str, error: str) -> None:
         msg = event.message
         metrics.DEADLETTERS.labels(stage, reason).inc()
         key, value, redacted = msg.key, msg.value, []
@@ -240,11 +241,11 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             ],
         )
 
-    def origin_of(event: faust.EventT) -> str:
+    def origin_of(event: Event) -> str:
         m = event.message
         return f"kafka:{m.topic}/{m.partition}@{m.offset}"
 
-    async def publish(event: faust.EventT, out: Output, actor: str = "paystream-worker",
+    async def publish(event: Event, out: Output, actor: str = "paystream-worker",
                       method_key: bool = False) -> None:
         """Events, gateway calls, vault and audit records: all in the input's transaction."""
         partition = event.message.partition
@@ -311,9 +312,9 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
                 log.warning("schema registry unavailable; retrying")
                 await asyncio.sleep(1)
 
-    async def on_command(event: faust.EventT) -> None:
+    async def on_command(event: Event) -> None:
         try:
-            value = await decode_with_retry(w.codecs[topics.REQUESTS], event.message.value)
+            value = await decode_with_retry(w.codecs[topics.REQUESTS], event.message.value or b"")
         except DecodeError as exc:
             await dead_letter(event, "decode", "undecodable", str(exc))
             metrics.COMMANDS.labels("unknown", "deadletter").inc()
@@ -358,14 +359,14 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             metrics.COMMANDS.labels(kind, "rejected" if rejected else "accepted").inc()
         await publish(event, out, actor=redact(command.origin), method_key=kind.endswith("PaymentMethod"))
 
-    async def on_reply(event: faust.EventT) -> None:
-        value = json.loads(event.message.value)
+    async def on_reply(event: Event) -> None:
+        value = json.loads(event.message.value or b"{}")
         await publish(event, processor.handle_input(value["payment_id"], reply_input(value), now_ms(),
                                                            event.message.partition))
 
-    async def on_webhook(event: faust.EventT) -> None:
+    async def on_webhook(event: Event) -> None:
         try:
-            value = await decode_with_retry(w.codecs[topics.WEBHOOKS], event.message.value)
+            value = await decode_with_retry(w.codecs[topics.WEBHOOKS], event.message.value or b"")
         except DecodeError as exc:
             await dead_letter(event, "decode", "undecodable", str(exc))
             return
@@ -393,7 +394,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             log.exception("processing %s failed", event.message.topic)
             await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
 
-    async def guarded(event: faust.EventT) -> None:
+    async def guarded(event: Event) -> None:
         """Apply each input offset exactly once, in order, whatever the consumer delivers.
 
         faust-streaming was seen skipping the first message of a partition when a worker
@@ -420,7 +421,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         await handle(event)
         applied_offsets[key] = m.offset
 
-    def owned(event: faust.EventT) -> bool:
+    def owned(event: Event) -> bool:
         m = event.message
         return not app.in_transaction or TP(m.topic, m.partition) in app.consumer.assignment()
 
@@ -443,15 +444,15 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         max_in_flight=s.gateway_batch_size,
     )
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def gateway_executor() -> None:
         await executor.run()
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def method_directory() -> None:
         await directory.run()
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def reconciler() -> None:
         """Ask the gateway about every unknown outcome on this worker's partitions."""
         now = now_ms()
@@ -461,7 +462,9 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             st = record.state
             # Unknown outcomes: the payment's own call, and refunds left pending by a call whose
             # outcome is unknown (those free the payment's slot, so `pending` may be None).
-            calls = reconcile_effects(st) if st is not None else ()
+            if st is None:
+                continue
+            calls = reconcile_effects(st)
             if not calls:
                 continue
             pending += 1
@@ -472,7 +475,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         metrics.UNKNOWN_PENDING.set(pending)
         metrics.UNKNOWN_OLDEST_AGE.set(oldest)
 
-    @app.timer(interval=600.0)
+    @app.timer(interval=600.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def expire_idempotency() -> None:
         dropped = processor.expire_idempotency(now_ms())
         if dropped:

@@ -79,7 +79,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            return 200 <= r.status < 300
+            return bool(200 <= r.status < 300)
     except Exception:
         return False
 
@@ -507,7 +507,7 @@ def stripe_mock_healthy() -> bool:
             headers={"Authorization": "Bearer sk_test_123"},
         )
         with urllib.request.urlopen(req, timeout=2) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except Exception:
         return False
 
