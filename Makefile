@@ -42,6 +42,7 @@ unit: install
 # The whole suite on the real stack. Exit code 5 (no tests collected) is a failure.
 test: stack-up
 	@$(BIN)/ruff check .
+	@$(BIN)/mypy paystream streams agents tables sinks gateway_clients
 	@$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 integration: stack-up
