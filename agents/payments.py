@@ -361,8 +361,9 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
 
     async def on_reply(event: Event) -> None:
         value = json.loads(event.message.value or b"{}")
-        await publish(event, processor.handle_input(value["payment_id"], reply_input(value), now_ms(),
-                                                           event.message.partition))
+        out = processor.handle_input(value["payment_id"], reply_input(value), now_ms(), event.message.partition)
+        note_ignored("reply", value["payment_id"], out)
+        await publish(event, out)
 
     async def on_webhook(event: Event) -> None:
         try:
@@ -374,8 +375,15 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             await dead_letter(event, "decode", "sensitive_data_rejected", "card data in a notification")
             return
         pid, notification = notification_input(value)
-        await publish(event, processor.handle_input(pid, notification, now_ms(), event.message.partition),
-                      actor=f"gateway:{value.get('gateway', '?')}")
+        out = processor.handle_input(pid, notification, now_ms(), event.message.partition)
+        note_ignored("webhook", pid, out)
+        await publish(event, out, actor=f"gateway:{value.get('gateway', '?')}")
+
+    def note_ignored(kind: str, payment_id: str, out: Output) -> None:
+        """A reply or notification that changed nothing: counted and said why (stale, duplicate...)."""
+        if out.ignored:
+            metrics.INPUTS_IGNORED.labels(kind).inc()
+            log.info("%s for %s changed nothing: %s", kind, redact(payment_id), out.ignored)
 
     handlers = {
         topics.REQUESTS: on_command,

@@ -27,3 +27,6 @@ GAPS_UNREADABLE = Counter("paystream_input_gaps_unreadable_total", "Skipped rang
                           ["topic"])
 REVOKED_SKIPPED = Counter("paystream_input_revoked_skipped_total",
                           "Inputs left to a partition's new owner after a rebalance")
+INPUTS_IGNORED = Counter("paystream_inputs_ignored_total",
+                         "Gateway replies and notifications that changed nothing (stale, duplicate, unknown payment)",
+                         ["kind"])
