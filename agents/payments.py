@@ -226,9 +226,12 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         key, value, redacted = msg.key, msg.value, []
         if value is not None and find_pan(value.decode("latin-1")):
             # Never copy card data into another topic (I6): the bytes stay only where the sender put them.
-            value, redacted = None, [("ps_redacted", b"sensitive_data_rejected")]
+            value, redacted = b"", [("ps_redacted", b"sensitive_data_rejected")]  # empty, never None: Kafka
+            # refuses a record with neither key nor value
         if key is not None and (len(key) > 1024 or find_pan(key.decode("latin-1"))):
             key, redacted = None, [*redacted, ("ps_key_redacted", b"1")]
+        if key is None and value is None:
+            value = b""  # Kafka refuses a record with neither key nor value
         await send(
             event, topics.DEADLETTER, key, value, msg.partition,
             headers=[
