@@ -44,7 +44,6 @@ from paystream.security import audit as au
 from paystream.security.crypto import KeyRing
 from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
-from streams.faust_fixes import commit_lock
 from tables import codec
 
 log = logging.getLogger("paystream.agents")
@@ -440,19 +439,15 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            # An input is applied and acked as a whole between two commits (streams/faust_fixes.py).
-            async with commit_lock(app):
-                if not owned(event):
-                    metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
-                    continue
-                try:
-                    await guarded(event)
-                except PartitionLost as lost:
-                    metrics.REVOKED_SKIPPED.inc()
-                    log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
-                                lost)
-                    continue
-                await stream.ack(event)
+            if not owned(event):
+                metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
+                continue
+            try:
+                await guarded(event)
+            except PartitionLost as lost:
+                metrics.REVOKED_SKIPPED.inc()
+                log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
+                            lost)
 
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,

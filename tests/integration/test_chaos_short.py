@@ -31,11 +31,6 @@ KNOWN: dict[str, str] = {
         "although reconcile_effects() covers pending refunds, and the refund_succeeded webhook cannot "
         "settle it because paystream/web/mapping.py puts the gateway's refund ref (simre_...) in "
         "refund_id; the gateway refunded money paystream never reports (ledger mismatches)"),
-    "rebalance": (
-        "F10: duplicate events with the same sequence after workers are killed and restarted in "
-        "turn (faust committed a transaction in the middle of an input and without flushing the "
-        "table changelog buffer; fixed in streams/faust_fixes.py by committing only between inputs, "
-        "not yet confirmed by a full chaos run)"),
     "webhooks": (
         "F9: some 3-D Secure payments stay requires_action although the gateway finished the action "
         "(succeeded/authorized/declined) and its webhook was accepted three times and is on "
