@@ -31,6 +31,11 @@ KNOWN: dict[str, str] = {
         "although reconcile_effects() covers pending refunds, and the refund_succeeded webhook cannot "
         "settle it because paystream/web/mapping.py puts the gateway's refund ref (simre_...) in "
         "refund_id; the gateway refunded money paystream never reports (ledger mismatches)"),
+    "rebalance": (
+        "F10: duplicate events with the same sequence after workers are killed and restarted in "
+        "turn: faust commits a transaction on its timer in the middle of an input and without "
+        "flushing its producer buffer (table changelog writes can land in the next transaction). "
+        "A fix that commits only between inputs collapsed throughput and was reverted; open."),
     "webhooks": (
         "F9: some 3-D Secure payments stay requires_action although the gateway finished the action "
         "(succeeded/authorized/declined) and its webhook was accepted three times and is on "
