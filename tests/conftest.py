@@ -84,7 +84,7 @@ class Worker(Proc):
         self.producer = producer
         self.web_port = web_port
 
-    def wait_ready(self, timeout: float = 120) -> float:
+    def wait_ready(self, timeout: float = 180) -> float:
         """Ready means: a probe payment sent now gets its terminal event."""
         t0 = time.monotonic()
         env = self.env

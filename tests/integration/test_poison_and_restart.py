@@ -90,7 +90,7 @@ def test_restart_recovers_state_from_the_changelog(worker, sink, producer, colle
     worker.start()
     ready = worker.wait_ready()
     ids = {manual: {capture["command_id"]}, auto: {refund["command_id"]}, **{p: {c} for p, c in fresh.items()}}
-    assert collector.wait_terminal(ids, 90), json.dumps({p: [e["_type"] for e in collector.by_payment[p]]
+    assert collector.wait_terminal(ids, 180), json.dumps({p: [e["_type"] for e in collector.by_payment[p]]
                                                          for p in ids})
     collector.poll(2.0)
     print(f"worker restart to ready: {ready:.1f}s (total {time.monotonic() - t0:.1f}s)")
@@ -124,7 +124,7 @@ def test_worker_started_under_load_applies_every_command(worker, producer, colle
         pid = uid("startup-load")
         ids[pid] = {producer.send(create_cmd(pid))["command_id"]}
     producer.flush()
-    assert collector.wait_terminal(ids, 120), [p for p in ids if not collector.by_payment[p]][:10]
+    assert collector.wait_terminal(ids, 180), [p for p in ids if not collector.by_payment[p]][:10]
     collector.poll(1.0)
     counts = collector.terminal_causations()
     assert all(counts[c] == 1 for cs in ids.values() for c in cs)
