@@ -4,6 +4,8 @@ never reaches a gateway (and never makes the SDK invent an idempotency key)."""
 from __future__ import annotations
 
 import time
+from types import TracebackType
+from typing import Self
 
 from gateway_clients.protocol import PermanentGatewayError
 
@@ -34,3 +36,21 @@ def path_segment(segment: str) -> str:
 def elapsed_ms(started: float) -> float:
     """Milliseconds since a ``time.perf_counter()`` reading (timing only, never money)."""
     return (time.perf_counter() - started) * 1000.0
+
+
+class ClosingClient:
+    """``async with client:`` closes it: the one context-manager pair every HTTP client shares."""
+
+    async def aclose(self) -> None:  # pragma: no cover - each client closes its own transport
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -19,12 +19,11 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import httpx
 
-from gateway_clients._guards import check_amount, check_key, elapsed_ms, path_segment
+from gateway_clients._guards import ClosingClient, check_amount, check_key, elapsed_ms, path_segment
 from gateway_clients.adyen.translator import (
     MalformedPayloadError,
     classify_error,
@@ -57,7 +56,7 @@ def adyen_idempotency_key(key: str) -> str:
     return "psh-" + hashlib.sha256(key.encode()).hexdigest()[:60]
 
 
-class AdyenGatewayClient:
+class AdyenGatewayClient(ClosingClient):
     """``PaymentGateway`` over Adyen Checkout v71."""
 
     def __init__(
@@ -89,17 +88,6 @@ class AdyenGatewayClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def authorize(
         self,

@@ -23,12 +23,11 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 import httpx
 
-from gateway_clients._guards import check_amount, check_key, elapsed_ms, path_segment
+from gateway_clients._guards import ClosingClient, check_amount, check_key, elapsed_ms, path_segment
 from gateway_clients.paypal.translator import (
     MalformedPayloadError,
     classify_error,
@@ -71,7 +70,7 @@ def request_id(key: str, step: str | None = None) -> str:
     return "psh-" + hashlib.sha256(value.encode()).hexdigest()
 
 
-class PayPalGatewayClient:
+class PayPalGatewayClient(ClosingClient):
     """``PaymentGateway`` over PayPal Orders v2."""
 
     def __init__(
@@ -114,17 +113,6 @@ class PayPalGatewayClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def authorize(
         self,

@@ -14,11 +14,11 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import httpx
 
+from gateway_clients._guards import ClosingClient
 from gateway_clients.protocol import (
     GatewayNotification,
     GatewayResult,
@@ -50,7 +50,7 @@ __all__ = [
 _NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-class SimulatedGatewayClient:
+class SimulatedGatewayClient(ClosingClient):
     """``PaymentGateway`` over HTTP to the simulated gateway server."""
 
     def __init__(
@@ -77,17 +77,6 @@ class SimulatedGatewayClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def authorize(
         self,

@@ -18,13 +18,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import httpx
 import stripe
 
-from gateway_clients._guards import check_amount, check_key, path_segment
+from gateway_clients._guards import ClosingClient, check_amount, check_key, path_segment
 from gateway_clients.protocol import (
     ChargeNotFoundError,
     GatewayError,
@@ -61,7 +60,7 @@ class TransportHTTPXClient(stripe.HTTPXClient):
             self._client_async = httpx.AsyncClient(transport=transport)
 
 
-class StripeGatewayClient:
+class StripeGatewayClient(ClosingClient):
     """``PaymentGateway`` over Stripe PaymentIntents and Refunds."""
 
     def __init__(
@@ -96,17 +95,6 @@ class StripeGatewayClient:
 
     async def aclose(self) -> None:
         await self._http_client.close_async()  # type: ignore[no-untyped-call]
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def authorize(
         self,
