@@ -333,11 +333,11 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             await publish(event, processor.handle_undecodable(pid, value.get("command_id"), str(exc), now_ms(),
                                                                event.message.partition))
             return
-        pid = command.payment_id
-        if len(pid) > cmds.MAX_TEXT_LENGTH or any(ord(ch) < 32 for ch in pid) or find_pan(pid):
-            # Every event of a payment is keyed by its id: an id we cannot publish (a card
-            # number, control characters, kilobytes long) is dead-lettered, never echoed.
-            await dead_letter(event, "guard", "unpublishable_payment_id", "payment_id cannot be published")
+        if bad_ids := cmds.unpublishable_ids(command):
+            # Every event of a payment is keyed by its id and names its command: an id we cannot
+            # publish (a card number, control characters, kilobytes long) is dead-lettered, never echoed.
+            await dead_letter(event, "guard", f"unpublishable_{bad_ids[0]}", f"{bad_ids[0]} cannot be published")
+            metrics.COMMANDS.labels(cmds.command_type(command), "deadletter").inc()
             return
         key = event.message.key.decode(errors="replace") if event.message.key else None
         if key != command.payment_id:

@@ -280,7 +280,6 @@ def _union(value: Any) -> tuple[str | None, Any]:
 
 _RUN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
 _GROUPS = re.compile(rb"[0-9]+")
-_HEX_TOKEN = re.compile(rb"[0-9a-fA-F-]+")
 
 
 def luhn(digits: str) -> bool:
@@ -295,16 +294,26 @@ def luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+_UUID_BYTES = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX = b"0123456789abcdefABCDEF"
+
+
 def _hex_context(data: bytes, start: int, end: int) -> bool:
-    """Whether [start, end) sits inside a hexadecimal token of 20+ characters with letters."""
+    """Whether [start, end) is part of a machine identifier: inside a UUID, or inside a run of
+    20+ hex characters (no dashes) with hex letters on both sides of the digits. Dashes do not
+    extend the run: ``cmd-3530111333300000-02c4d8`` is a card number in an id, not an id."""
+    for m in _UUID_BYTES.finditer(data, max(0, start - 36), min(len(data), end + 36)):
+        if m.start() <= start and end <= m.end():
+            return True
     lo = start
-    while lo > 0 and data[lo - 1:lo] in b"0123456789abcdefABCDEF-" and start - lo < 80:
+    while lo > 0 and data[lo - 1:lo] in _HEX and start - lo < 80:
         lo -= 1
     hi = end
-    while hi < len(data) and data[hi:hi + 1] in b"0123456789abcdefABCDEF-" and hi - end < 80:
+    while hi < len(data) and data[hi:hi + 1] in _HEX and hi - end < 80:
         hi += 1
-    token = data[lo:hi]
-    return hi - lo >= 20 and any(c in b"abcdefABCDEF" for c in token)
+    letters = b"abcdefABCDEF"
+    return (hi - lo >= 20 and any(c in letters for c in data[lo:start])
+            and any(c in letters for c in data[end:hi]))
 
 
 def find_card_numbers(data: bytes) -> list[str]:

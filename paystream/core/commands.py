@@ -41,6 +41,7 @@ __all__ = [
     "fingerprint",
     "from_avro",
     "to_avro",
+    "unpublishable_ids",
     "validate",
 ]
 
@@ -269,6 +270,18 @@ def _unprintable_fields(command: Command) -> list[str]:
                 bad.append("metadata")
                 break
     return bad
+
+
+def unpublishable_ids(command: Command) -> list[str]:
+    """Which of ``payment_id`` and ``command_id`` cannot go on any event.
+
+    Every event of a payment is keyed by its payment_id and names its causation command_id,
+    so an id holding a card number (I6), control characters (NUL cannot be stored in Postgres)
+    or more than ``MAX_TEXT_LENGTH`` characters cannot even be echoed in a CommandRejected:
+    such a command can only be dead-lettered (its card number redacted there).
+    """
+    return [name for name in ("payment_id", "command_id")
+            if _bad_text(value := getattr(command, name), MAX_TEXT_LENGTH) or find_pan(value)]
 
 
 def _blank(value: str | None) -> bool:

@@ -5,7 +5,12 @@ A PAN is a Luhn-valid run of 13-19 digits. Card numbers are often written in gro
 between digit groups. For a run of several groups every contiguous span of whole groups with
 13-19 digits is checked, so a PAN followed by another number ("4242... 1234") is still found.
 An unbroken digit string longer than 19 digits is an identifier, not a card, and is not
-searched for sub-windows (that would flag most long order numbers).
+searched for sub-windows (that would flag most long order numbers). Digits inside a machine
+identifier are not a card number either: a UUID (``8-4-4-4-12`` hex), or a run of 20 or more
+hexadecimal characters with hex letters on both sides of the digits
+(``pay_0ac3e168922c590493089675592bc98e``: one random hex id in a few hundred holds a
+Luhn-valid run of 13+ digits by chance). A card number merely glued to letters on one side
+(``4111111111111111abcd``) is still found.
 
 Only ``redact`` returns text derived from the input; ``scan`` returns paths, never values.
 """
@@ -34,6 +39,9 @@ _MAX_PAN_DIGITS: Final = 19
 # Digit groups joined by exactly one space or dash, not touching further digits.
 _DIGIT_RUN: Final = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
 _GROUP: Final = re.compile(r"\d+")
+_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX_ID: Final = re.compile(r"[0-9a-fA-F]{20,}")
+_MIN_HEX_ID: Final = 20
 
 _CVV_NAME_PARTS: Final = ("cvv", "cvc", "cvn", "securitycode", "cardverification")
 _CVV_EXACT_NAMES: Final = frozenset({"csc", "cid"})
@@ -59,10 +67,27 @@ def _is_pan(digits: str) -> bool:
     return _MIN_PAN_DIGITS <= len(digits) <= _MAX_PAN_DIGITS and luhn_valid(digits)
 
 
+def _identifier_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of UUIDs and of 20+ character hex runs: candidates for identifiers."""
+    return [match.span() for match in _UUID.finditer(text)] + [match.span() for match in _HEX_ID.finditer(text)]
+
+
+def _inside_identifier(text: str, span: tuple[int, int], identifiers: list[tuple[int, int]]) -> bool:
+    for start, end in identifiers:
+        if start <= span[0] and span[1] <= end:
+            before, after = text[start:span[0]], text[span[1]:end]
+            if "-" in text[start:end] or (any(c.isalpha() for c in before) and any(c.isalpha() for c in after)):
+                return True
+    return False
+
+
 def find_pan_spans(text: str) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of PAN-like runs in ``text``, left to right."""
     spans: list[tuple[int, int]] = []
+    identifiers = _identifier_spans(text) if len(text) >= _MIN_HEX_ID else []
     for run in _DIGIT_RUN.finditer(text):
+        if identifiers and _inside_identifier(text, run.span(), identifiers):
+            continue
         groups = list(_GROUP.finditer(run.group()))
         base = run.start()
         index = 0

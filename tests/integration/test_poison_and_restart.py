@@ -67,6 +67,37 @@ def test_command_keyed_differently_from_its_payment_is_dead_lettered(worker, pro
     dead.close()
 
 
+def test_ids_holding_a_card_number_are_dead_lettered_redacted_never_echoed(worker, producer, stack_env):
+    """A command_id or payment_id built around a card number cannot go on any event (I6): the
+    command is dead-lettered with its bytes withheld, and the payment gets no event at all."""
+    pan = "3530111333300000"  # JCB test card
+    dead = Collector(stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], stack_env["PAYSTREAM_SCHEMA_REGISTRY_URL"],
+                     topic=DEADLETTER)
+    events = Collector(stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], stack_env["PAYSTREAM_SCHEMA_REGISTRY_URL"])
+    by_command_id = create_cmd(uid("pan-cmd"))
+    by_command_id["command_id"] = f"cmd-{pan}-{uuid.uuid4().hex[:6]}"
+    by_payment_id = create_cmd(f"pan-{pan}-{uuid.uuid4().hex[:4]}")
+    producer.send(by_command_id)
+    producer.send(by_payment_id)
+    after = uid("after-pan")
+    cmd = producer.send(create_cmd(after))
+    producer.flush()
+    assert events.wait_terminal({after: {cmd["command_id"]}}, 60)
+
+    def guarded(c: Collector) -> list:
+        return [m for m in c.raw if dict(m.headers()).get("ps_reason", b"").startswith(b"unpublishable_")]
+
+    assert dead.wait(lambda c: {dict(m.headers())["ps_reason"] for m in guarded(c)}
+                     >= {b"unpublishable_command_id", b"unpublishable_payment_id"}, 60)
+    for msg in guarded(dead):
+        headers = dict(msg.headers())
+        assert headers["ps_redacted"] == b"sensitive_data_rejected" and msg.value() == b""
+        assert pan.encode() not in (msg.key() or b"") + b"".join(headers.values())
+    assert by_command_id["payment_id"] not in events.by_payment and by_payment_id["payment_id"] not in events.by_payment
+    dead.close()
+    events.close()
+
+
 def test_restart_recovers_state_from_the_changelog(worker, sink, producer, collector, pg_dsn):
     # Before the restart: a payment authorized for manual capture, one succeeded.
     manual, auto = uid("restart-manual"), uid("restart-auto")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -28,6 +29,7 @@ from paystream.core.commands import (
     fingerprint,
     from_avro,
     to_avro,
+    unpublishable_ids,
     validate,
 )
 from paystream.core.rejections import RejectionReason
@@ -232,3 +234,19 @@ def test_fingerprint_does_not_depend_on_metadata_order() -> None:
     record: dict[str, Any] = to_avro(a)
     record["command"] = ("CreatePayment", {**record["command"], "metadata": {"b": "2", "a": "1"}})
     assert fingerprint(from_avro(record)) == fingerprint(a)
+
+
+@pytest.mark.parametrize(
+    ("payment_id", "command_id", "bad"),
+    [
+        ("pay-1", "cmd-1", []),
+        ("pay-1", "cmd-3530111333300000-02c4d8", ["command_id"]),
+        ("cx-4242424242424242-ab12", "cmd-1", ["payment_id"]),
+        ("pay\x00", "cmd-1", ["payment_id"]),
+        ("pay-1", "c" * 256, ["command_id"]),
+        ("pay_0ac3e168922c590493089675592bc98e", "0ac3e168-922c-5904-9308-9675592bc98e", []),
+    ],
+)
+def test_ids_that_cannot_be_published(payment_id: str, command_id: str, bad: list[str]) -> None:
+    command = dataclasses.replace(create_cmd(), payment_id=payment_id, command_id=command_id)
+    assert unpublishable_ids(command) == bad

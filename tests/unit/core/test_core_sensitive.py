@@ -21,6 +21,9 @@ from paystream.core.sensitive import REDACTED_PAN, find_pan, looks_like_cvv_fiel
         "6011111111111117",
         "tok_4242424242424242",
         "4242424242424242 1234",  # followed by another number
+        "cmd-3530111333300000-02c4d8",  # an id built around a card number (chaos poison run)
+        "deadbeef4111111111111111",  # hex letters on one side only: not an identifier
+        "4111111111111111abcd",
     ],
 )
 def test_luhn_valid_pans_are_found(text: str) -> None:
@@ -38,6 +41,9 @@ def test_luhn_valid_pans_are_found(text: str) -> None:
         "tok_visa",
         "",
         "2024-01-15 12:30:45",
+        # Random hex ids that hold a Luhn-valid run by chance (seen on payment.events).
+        "pay_0ac3e168922c590493089675592bc98e",
+        "evt 12345678-1234-5123-8123-123456789012",  # a UUID whose groups join into 16 digits
     ],
 )
 def test_non_pans_are_not_found(text: str) -> None:
@@ -92,3 +98,9 @@ def test_scan_finds_pans_in_keys_without_echoing_them() -> None:
 
 def test_scan_of_clean_data_is_empty() -> None:
     assert scan({"amount": 1234, "currency": "USD", "token": "tok_visa", "nested": [[{"a": None}]]}) == []
+
+
+def test_identifier_exemption_is_only_for_the_digits_inside_it() -> None:
+    assert luhn_valid("590493089675592")  # the run inside the hex id really is Luhn-valid
+    assert find_pan("4111111111111111 next to pay_0ac3e168922c590493089675592bc98e")
+    assert redact("pay_0ac3e168922c590493089675592bc98e") == "pay_0ac3e168922c590493089675592bc98e"

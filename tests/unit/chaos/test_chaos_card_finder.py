@@ -1,0 +1,34 @@
+"""The chaos checker's own card-number finder (independent of paystream.core.sensitive)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.checker import find_card_numbers
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"cmd-3530111333300000-02c4d8",  # a JCB test card inside a command id: missed before
+        b"a 4242-4242-4242-4242 b",
+        b"\x02 note 4111111111111111\x00",
+        b"pan=5555555555554444",
+    ],
+)
+def test_card_numbers_are_found(data: bytes) -> None:
+    found = find_card_numbers(data)
+    assert found and all(f.startswith("****") for f in found)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"pay_0ac3e168922c590493089675592bc98e",  # a Luhn-valid run inside a random hex id
+        b"x 12345678-1234-5123-8123-123456789012",  # UUID groups
+        b"20261126-195820",  # a time stamp
+        b"runtime=0.27239120300009745",
+    ],
+)
+def test_identifiers_are_not_card_numbers(data: bytes) -> None:
+    assert find_card_numbers(data) == []
