@@ -42,8 +42,9 @@ from paystream.core.methods import DetachAtGateway
 from paystream.core.sensitive import find_pan, redact, scan
 from paystream.security import audit as au
 from paystream.security.crypto import KeyRing
-from streams import topics
+from streams import faust_fixes, topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
+from streams.faust_fixes import commit_lock
 from tables import codec
 
 log = logging.getLogger("paystream.agents")
@@ -432,6 +433,38 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         await handle(event)
         applied_offsets[key] = m.offset
 
+    refused: dict[TP, int] = {}  # partition -> lowest input offset faust dropped unapplied
+    refetching: set[asyncio.Future[None]] = set()
+
+    def applied(tp: TP, offset: int) -> bool:
+        last = applied_offsets.get(f"{tp.topic}:{tp.partition}")
+        return last is not None and offset <= last
+
+    def on_refused(tp: TP, offset: int) -> None:
+        metrics.ACK_REFUSED.labels(tp.topic).inc()
+        first = tp not in refused
+        refused[tp] = min(offset, refused.get(tp, offset))
+        if first:
+            task = asyncio.ensure_future(refetch(tp))
+            refetching.add(task)
+            task.add_done_callback(refetching.discard)
+
+    async def refetch(tp: TP) -> None:
+        """Seek back to an input faust dropped without it being applied, between two inputs."""
+        await asyncio.sleep(0.05)  # gather the other drops of this burst first
+        async with commit_lock(app):
+            offset = refused.pop(tp, None)
+            if offset is None or applied(tp, offset) or tp not in app.consumer.assignment():
+                return
+            log.warning("input %s:%d was dropped by the stream before it was applied: fetching it again",
+                        tp.topic, offset)
+            try:
+                await app.consumer.seek(tp, offset)
+            except Exception:  # revoked meanwhile: its new owner starts from the committed offset
+                log.exception("could not seek %s back to %d", tp, offset)
+
+    faust_fixes.install_ack_guard(app, set(inputs.topics), applied, on_refused)
+
     def owned(event: Event) -> bool:
         m = event.message
         return not app.in_transaction or TP(m.topic, m.partition) in app.consumer.assignment()
@@ -439,15 +472,19 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            if not owned(event):
-                metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
-                continue
-            try:
-                await guarded(event)
-            except PartitionLost as lost:
-                metrics.REVOKED_SKIPPED.inc()
-                log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
-                            lost)
+            # An input is applied and acked as a whole between two commits (streams/faust_fixes.py).
+            async with commit_lock(app):
+                if not owned(event):
+                    metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
+                    continue
+                try:
+                    await guarded(event)
+                except PartitionLost as lost:
+                    metrics.REVOKED_SKIPPED.inc()
+                    log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
+                                lost)
+                    continue
+                await stream.ack(event)
 
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,

@@ -22,6 +22,9 @@ UNKNOWN_OLDEST_AGE = Gauge("paystream_unknown_outcome_oldest_age_seconds", "Age 
 QUEUED = Counter("paystream_commands_queued_total", "Commands that waited for a payment's gateway call")
 DUPLICATES = Counter("paystream_commands_duplicate_total", "Repeated command ids answered from the idempotency table")
 REDELIVERED = Counter("paystream_input_redelivered_total", "Input messages delivered again and skipped", ["topic"])
+ACK_REFUSED = Counter("paystream_input_ack_refused_total",
+                      "Inputs faust dropped before they were applied (stale generation): fetched again",
+                      ["topic"])
 GAPS_HEALED = Counter("paystream_input_gaps_healed_total", "Input messages the consumer skipped, read back", ["topic"])
 GAPS_UNREADABLE = Counter("paystream_input_gaps_unreadable_total", "Skipped ranges that could not be read back",
                           ["topic"])

@@ -5,13 +5,21 @@ Each fix names the symptom we observed, so it can be dropped once faust fixes it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
+from faust.tables import base as faust_tables
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.futures import notify
+
+log = logging.getLogger("paystream.faust_fixes")
 
 _APPLIED = False
+CHANGELOG_DELIVERY_TIMEOUT_S = 60.0
 
 
 async def _highwaters_from_list_offsets(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
@@ -27,9 +35,119 @@ async def _highwaters_from_list_offsets(self: Any, partitions: list[TP]) -> Mapp
     return cast(Mapping[TP, int], await consumer.end_offsets(partitions))
 
 
+# --- Exactly-once: a transaction holds whole inputs, table writes included --------------------
+#
+# Observed (chaos F10, and on every restart of a test worker: "consumer skipped 31 message(s) of
+# paystream-gateway-replies:1"): under exactly_once faust commits each partition's transaction
+# on a timer (1) in the middle of an input being applied, and (2) without waiting for the table
+# changelog writes, which go through faust's producer buffer (``send_soon``) and are handed to
+# the transactional producer later by a background task (the non-transactional path flushes,
+# the transactional one does not). So a commit could hold an input's events and consumer offset
+# while that input's table writes landed in the next transaction; a worker stopped or killed
+# before that one committed came back with tables older than its events, and re-applied inputs
+# republished events with sequence numbers already used.
+#
+# The fix: the payments agent applies each input under ``commit_lock`` (an asyncio.Lock, FIFO:
+# a commit that asks for it runs right after the input in hand, never in its middle), and a
+# commit first waits until every changelog write made so far was delivered to the broker (its
+# FutureMessage resolved), so it is inside the transaction being committed. Waiting on the
+# futures keeps faust's own send order; nothing is re-sent or reordered.
+
+
+def commit_lock(app: Any) -> asyncio.Lock:
+    """The lock that keeps a commit out of the middle of an input being applied."""
+    lock: asyncio.Lock | None = getattr(app, "_paystream_commit_lock", None)
+    if lock is None:
+        lock = asyncio.Lock()
+        app._paystream_commit_lock = lock
+    return lock
+
+
+def pending_changelog_writes(app: Any) -> set[asyncio.Future[Any]]:
+    """Table changelog writes not yet delivered to the broker."""
+    pending: set[asyncio.Future[Any]] | None = getattr(app, "_paystream_pending_changelog", None)
+    if pending is None:
+        pending = set()
+        app._paystream_pending_changelog = pending
+    return pending
+
+
+_original_send_changelog = faust_tables.Collection.send_changelog
+_original_commit_offsets = faust_consumer.Consumer._commit_offsets
+
+
+def _send_changelog_tracked(self: Any, partition: int | None, key: Any, value: Any,
+                            key_serializer: Any = None, value_serializer: Any = None) -> Any:
+    fut = _original_send_changelog(self, partition, key, value, key_serializer, value_serializer)
+    pending = pending_changelog_writes(self.app)
+    pending.add(fut)
+    fut.add_done_callback(pending.discard)
+    return fut
+
+
+async def wait_for_changelog_writes(app: Any, timeout: float = CHANGELOG_DELIVERY_TIMEOUT_S) -> None:
+    """Until every table write made so far is delivered (so it is in the open transaction)."""
+    pending = list(pending_changelog_writes(app))
+    if not pending:
+        return
+    _, not_done = await asyncio.wait(pending, timeout=timeout)
+    if not_done:
+        raise RuntimeError(f"{len(not_done)} table changelog write(s) not delivered in {timeout:.0f}s: "
+                           "refusing to commit a transaction without them")
+
+
+async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
+                                         start_new_transaction: bool = True) -> bool:
+    """Commit a transaction only between two inputs, with their table writes inside it."""
+    if not self.in_transaction:
+        return await _original_commit_offsets(self, offsets, start_new_transaction)
+    async with commit_lock(self.app):
+        await wait_for_changelog_writes(self.app)
+        return await _original_commit_offsets(self, offsets, start_new_transaction)
+
+
+# --- No input acknowledged unless it was applied --------------------------------------------
+#
+# Observed (CI: three commands sent while the worker was down never got an event; restarts log
+# "consumer skipped 1 message(s) of payment.requests:0"): faust's stream drops a message that was
+# fetched under an older consumer generation, or while flow control is suspended around a
+# rebalance, *and acknowledges it*, so its offset is committed and nobody ever applies it. Our
+# gap healer only noticed when a later message came on the same partition. Here the consumer
+# refuses to acknowledge an input the payments agent has not applied while its partition is
+# still assigned, and the partition is sought back to that offset, so the message is fetched
+# again and applied (the agent's applied-offsets guard skips anything re-fetched twice).
+
+_original_ack = faust_consumer.Consumer.ack
+
+AckGuard = tuple[frozenset[str], Callable[[TP, int], bool], Callable[[TP, int], None]]
+
+
+def install_ack_guard(app: Any, topics: Collection[str], applied: Callable[[TP, int], bool],
+                      on_refused: Callable[[TP, int], None]) -> None:
+    """Only acknowledge messages of ``topics`` that ``applied(tp, offset)`` says were applied."""
+    app._paystream_ack_guard = (frozenset(topics), applied, on_refused)
+
+
+def _ack_applied_only(self: Any, message: Any) -> bool:
+    guard: AckGuard | None = getattr(self.app, "_paystream_ack_guard", None)
+    if guard is not None and not message.acked:
+        topics, applied, on_refused = guard
+        tp = message.tp
+        if message.topic in topics and not applied(tp, message.offset) and tp in self.assignment():
+            message.acked = True  # done with this delivery: it is fetched again, not committed
+            self._unacked_messages.discard(message)
+            notify(self._waiting_for_ack)  # a rebalance waiting for the stream to drain goes on
+            on_refused(tp, message.offset)
+            return False
+    return _original_ack(self, message)
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_list_offsets  # type: ignore[method-assign]
+    faust_tables.Collection.send_changelog = _send_changelog_tracked  # type: ignore[method-assign]
+    faust_consumer.Consumer._commit_offsets = _commit_offsets_between_inputs  # type: ignore[method-assign]
+    faust_consumer.Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
     _APPLIED = True

@@ -10,7 +10,8 @@ identifier are not a card number either: a UUID (``8-4-4-4-12`` hex), or a run o
 hexadecimal characters with hex letters on both sides of the digits
 (``pay_0ac3e168922c590493089675592bc98e``: one random hex id in a few hundred holds a
 Luhn-valid run of 13+ digits by chance). A card number merely glued to letters on one side
-(``4111111111111111abcd``) is still found.
+(``4111111111111111abcd``) is still found. Nor are the decimals of a number (``0.2723912030000974``,
+as faust logs its timer runtimes).
 
 Only ``redact`` returns text derived from the input; ``scan`` returns paths, never values.
 """
@@ -88,6 +89,8 @@ def find_pan_spans(text: str) -> list[tuple[int, int]]:
     for run in _DIGIT_RUN.finditer(text):
         if identifiers and _inside_identifier(text, run.span(), identifiers):
             continue
+        if run.start() >= 2 and text[run.start() - 1] in ".," and text[run.start() - 2].isdigit():
+            continue  # the fraction of a decimal number ("runtime=0.27239120300009745"), not a card
         groups = list(_GROUP.finditer(run.group()))
         base = run.start()
         index = 0

@@ -40,10 +40,6 @@ KNOWN: dict[str, str] = {
         "F9: some 3-D Secure payments stay requires_action although the gateway finished the action "
         "(succeeded/authorized/declined) and its webhook was accepted three times and is on "
         "payment.webhooks: no event follows (5-6 of ~45 per short run; ledger mismatches)"),
-    "poison": (
-        "F7: a payment_id holding a card number is accepted and published: payment.events (key, value, "
-        "ce_subject), payments/idempotency changelogs, gateway calls/replies, paystream-audit, Postgres "
-        "and the gateway's ledger (I6)"),
 }
 
 ORDER = ["worker-kill", "rebalance", "kafka-kill", "postgres-stop", "gateway-faults", "webhooks", "poison"]

@@ -24,6 +24,7 @@ from paystream.core.sensitive import REDACTED_PAN, find_pan, looks_like_cvv_fiel
         "cmd-3530111333300000-02c4d8",  # an id built around a card number (chaos poison run)
         "deadbeef4111111111111111",  # hex letters on one side only: not an identifier
         "4111111111111111abcd",
+        "amount 4242424242424242.00",  # a card number followed by decimals is still one
     ],
 )
 def test_luhn_valid_pans_are_found(text: str) -> None:
@@ -44,6 +45,7 @@ def test_luhn_valid_pans_are_found(text: str) -> None:
         # Random hex ids that hold a Luhn-valid run by chance (seen on payment.events).
         "pay_0ac3e168922c590493089675592bc98e",
         "evt 12345678-1234-5123-8123-123456789012",  # a UUID whose groups join into 16 digits
+        "Timer commit is overlapping (interval=0.1 runtime=0.4242424242424242)",  # decimals
     ],
 )
 def test_non_pans_are_not_found(text: str) -> None:
