@@ -29,7 +29,7 @@ from aiokafka.errors import IllegalOperation
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
-from agents.gateway import GatewayExecutor, reply_input
+from agents.gateway import GatewayExecutor, executor_options, reply_input
 from agents.methods import MethodDirectory
 from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input
 from gateway_clients.protocol import PaymentGateway
@@ -452,7 +452,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
         replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
-        max_in_flight=s.gateway_batch_size,
+        max_in_flight=s.gateway_batch_size, **executor_options(s),
     )
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped

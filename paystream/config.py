@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr = SecretStr("sk_test_123")
     gateway_timeout_s: float = Field(10.0, description="after this a gateway call's outcome is unknown")
     gateway_batch_size: int = Field(256, description="gateway calls carried out concurrently per batch")
+    gateway_retry_max_tries: int = Field(
+        3, ge=1,
+        description="tries of one gateway call under the same idempotency key while the gateway answers "
+        "'nothing done, retry' (1: no retry); then the state machine decides (new attempt, failover or failed)",
+    )
+    gateway_retry_base_s: float = Field(
+        0.2, ge=0, description="backoff before the n-th retry: uniformly random in [0, min(cap, base * 2^n)]"
+    )
+    gateway_retry_cap_s: float = Field(5.0, ge=0, description="upper bound of one backoff between retries")
     idempotency_retention_s: int = Field(7 * 24 * 3600, description="how long command ids are remembered")
     sink_batch_size: int = 500
     sink_batch_wait_s: float = 0.2

@@ -11,6 +11,9 @@ PAYMENTS = Counter("paystream_payments_total", "Payments reaching a status, by g
 AMOUNT = Counter("paystream_amount_minor_total", "Amounts of payments that succeeded, minor units", ["currency"])
 DEADLETTERS = Counter("paystream_deadletters_total", "Messages sent to payment.deadletter", ["stage", "reason"])
 GATEWAY_CALLS = Counter("paystream_gateway_calls_total", "Gateway calls by outcome", ["gateway", "operation", "status"])
+GATEWAY_RETRIES = Counter("paystream_gateway_retries_total",
+                          "Gateway calls tried again under the same idempotency key after a backoff",
+                          ["gateway", "operation"])
 GATEWAY_LATENCY = Histogram(
     "paystream_gateway_latency_seconds",
     "Gateway call latency",
