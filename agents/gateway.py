@@ -25,8 +25,21 @@ from gateway_clients.protocol import (
 )
 from paystream.config import Settings
 from paystream.core.machine import CallGateway, GatewayOperation, GatewayReply, ReconcileResult, ReplyStatus
-from paystream.core.resilience import RetryPolicy, backoff_delay
-from paystream.metrics import GATEWAY_CALLS, GATEWAY_LATENCY, GATEWAY_RETRIES
+from paystream.core.resilience import (
+    BreakerConfig,
+    BreakerState,
+    CallHealth,
+    CircuitBreaker,
+    RetryPolicy,
+    backoff_delay,
+)
+from paystream.metrics import (
+    GATEWAY_CALLS,
+    GATEWAY_CIRCUIT_STATE,
+    GATEWAY_CIRCUIT_TRANSITIONS,
+    GATEWAY_LATENCY,
+    GATEWAY_RETRIES,
+)
 
 log = logging.getLogger("paystream.gateway")
 
@@ -47,7 +60,7 @@ def reconciled_operation(call: CallGateway) -> str:
 
 def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None = None,
            message: str | None = None, *, error_code: str | None = None,
-           latency_ms: int | None = None, tries: int = 1) -> dict[str, Any]:
+           latency_ms: int | None = None, tries: int = 1, unavailable: bool = False) -> dict[str, Any]:
     """The reply record: ``input`` is decoded into the machine's dataclass by field name, so
     anything else (for the sink's payment_transactions) goes into the sibling ``meta``."""
     fields: dict[str, Any] = {
@@ -74,6 +87,8 @@ def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None 
                 "input": {"reconciliation_id": f"rc-{call.idempotency_key}", **fields}}
     fields["operation"] = call.operation.value
     fields["action_url"] = result.action_url if result else None
+    if unavailable:
+        fields["unavailable"] = True
     return {"kind": "reply", "payment_id": call.payment_id, "meta": meta, "input": fields}
 
 
@@ -108,6 +123,17 @@ class _Try:
     error_code: str | None = None
     same_key_may_help: bool = False  # retryable, and the gateway did not store the answer
 
+    @property
+    def health(self) -> CallHealth | None:
+        """What the try says about the gateway (None: nothing new, e.g. a replayed answer)."""
+        if self.status is ReplyStatus.RETRYABLE_ERROR:
+            return CallHealth.FAILED if self.same_key_may_help else None
+        if self.error_code in ("timeout", "outcome_unknown"):
+            return CallHealth.FAILED
+        if self.error_code == "unexpected_error":
+            return None  # our bug, not the gateway's health
+        return CallHealth.OK
+
 
 async def _try_once(gw: PaymentGateway, call: CallGateway, timeout_s: float) -> _Try:
     try:
@@ -135,6 +161,8 @@ async def execute(
     timeout_s: float,
     *,
     retry: RetryPolicy | None = None,
+    breakers: Breakers | None = None,
+    disabled: frozenset[str] = frozenset(),
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
 ) -> dict[str, Any]:
@@ -145,20 +173,37 @@ async def execute(
     tries, unless the gateway replayed a stored failure for the key (then another try under it
     cannot succeed). Only then does the machine hear ``retryable_error`` (and decide on a new
     attempt with a new key). Timeouts and unknown outcomes are never retried here.
+
+    With ``breakers``, a try is only made while the gateway's circuit lets it through; otherwise
+    the reply is ``retryable_error`` with ``unavailable`` set (``circuit_open``): the call was not
+    made, nothing was charged. The same holds for an authorization at a gateway switched off
+    (``disabled``); captures, cancels, refunds and retrieves still reach a switched-off gateway,
+    which holds the money of its existing payments.
     """
     gw = gateways.get(call.gateway)
     if gw is None:
         return _reply(call, ReplyStatus.PERMANENT_ERROR, message=f"gateway {call.gateway!r} is not configured",
                       error_code="gateway_not_configured", latency_ms=0)
+    if call.gateway in disabled and call.operation is GatewayOperation.AUTHORIZE:
+        GATEWAY_CALLS.labels(call.gateway, call.operation.value, "not_made").inc()
+        return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"gateway {call.gateway!r} is switched off",
+                      error_code="gateway_disabled", latency_ms=0, tries=0, unavailable=True)
     policy = retry or _NO_RETRY
     t0 = time.monotonic()
     tries = 0
     while True:
+        if breakers is not None and not breakers.allow(call.gateway):
+            GATEWAY_CALLS.labels(call.gateway, call.operation.value, "not_made").inc()
+            return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"circuit of gateway {call.gateway!r} is open",
+                          error_code="circuit_open", latency_ms=round((time.monotonic() - t0) * 1000), tries=tries,
+                          unavailable=True)
         started = time.monotonic()
         outcome = await _try_once(gw, call, timeout_s)
         tries += 1
         GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - started)
         GATEWAY_CALLS.labels(call.gateway, call.operation.value, outcome.status.value).inc()
+        if breakers is not None:
+            breakers.record(call.gateway, outcome.health)
         if not (outcome.same_key_may_help and tries < policy.max_tries):
             break
         delay = backoff_delay(tries - 1, base_s=policy.base_s, cap_s=policy.cap_s, rand=rand)
@@ -173,6 +218,52 @@ async def execute(
 
 _NO_RETRY = RetryPolicy(max_tries=1)
 
+_STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class Breakers:
+    """One circuit breaker per gateway name (made on first use), exported as metrics."""
+
+    def __init__(self, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self._by_gateway: dict[str, CircuitBreaker] = {}
+
+    def get(self, gateway: str) -> CircuitBreaker:
+        breaker = self._by_gateway.get(gateway)
+        if breaker is None:
+            breaker = self._by_gateway[gateway] = CircuitBreaker(self.config, self.clock)
+            GATEWAY_CIRCUIT_STATE.labels(gateway).set(0)
+        return breaker
+
+    def state(self, gateway: str) -> BreakerState:
+        return self.get(gateway).state
+
+    def allow(self, gateway: str) -> bool:
+        """May a call to ``gateway`` be made now? (Half-open: this call is the probe.)"""
+        breaker = self.get(gateway)
+        before = breaker.state
+        allowed = breaker.allow()
+        self._changed(gateway, before, breaker.state)
+        return allowed
+
+    def record(self, gateway: str, health: CallHealth | None) -> None:
+        if health is None:
+            return
+        breaker = self.get(gateway)
+        before = breaker.state
+        breaker.record(health)
+        self._changed(gateway, before, breaker.state)
+
+    def _changed(self, gateway: str, before: BreakerState, after: BreakerState) -> None:
+        if after is before:
+            return
+        GATEWAY_CIRCUIT_STATE.labels(gateway).set(_STATE_VALUE[after])
+        GATEWAY_CIRCUIT_TRANSITIONS.labels(gateway, after.value).inc()
+        level = logging.WARNING if after is BreakerState.OPEN else logging.INFO
+        log.log(level, "circuit of gateway %s: %s -> %s", gateway, before.value, after.value)
+
+
 
 # Normalised error codes for the sink's payment_transactions (declines have their own code).
 _ERROR_CODES: dict[type[BaseException], str] = {
@@ -183,10 +274,18 @@ _ERROR_CODES: dict[type[BaseException], str] = {
 
 
 def executor_options(settings: Settings) -> dict[str, Any]:
-    """The executor's retry (and breaker) settings, as keyword arguments of ``GatewayExecutor``."""
+    """The executor's retry, breaker and switched-off settings, as keyword arguments of ``GatewayExecutor``."""
+    breakers = None
+    if settings.gateway_breaker_enabled:
+        breakers = Breakers(BreakerConfig(
+            failures=settings.gateway_breaker_failures, failure_rate=settings.gateway_breaker_failure_rate,
+            window=settings.gateway_breaker_window, cooldown_s=settings.gateway_breaker_cooldown_s,
+        ))
     return {
         "retry": RetryPolicy(max_tries=settings.gateway_retry_max_tries, base_s=settings.gateway_retry_base_s,
                              cap_s=settings.gateway_retry_cap_s),
+        "breakers": breakers,
+        "disabled": settings.disabled_gateways(),
     }
 
 
@@ -217,7 +316,8 @@ class GatewayExecutor:
 
     def __init__(self, *, bootstrap: str, group: str, calls_topic: str, replies_topic: str,
                  gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, breakers: Breakers | None = None,
+                 disabled: frozenset[str] = frozenset()) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.calls_topic = calls_topic
@@ -226,6 +326,8 @@ class GatewayExecutor:
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.retry = retry
+        self.breakers = breakers
+        self.disabled = disabled
         self.done = 0
 
     async def run(self) -> None:
@@ -253,7 +355,8 @@ class GatewayExecutor:
         async def handle(tp: TopicPartition, value: bytes) -> None:
             try:
                 call = codec.decode(CallGateway, value)
-                reply = await execute(self.gateways, call, self.timeout_s, retry=self.retry)
+                reply = await execute(self.gateways, call, self.timeout_s, retry=self.retry,
+                                      breakers=self.breakers, disabled=self.disabled)
                 await producer.send_and_wait(self.replies_topic, _json.dumps(reply).encode(),
                                              key=call.payment_id.encode(), partition=tp.partition)
                 self.done += 1

@@ -45,6 +45,22 @@ class Settings(BaseSettings):
         0.2, ge=0, description="backoff before the n-th retry: uniformly random in [0, min(cap, base * 2^n)]"
     )
     gateway_retry_cap_s: float = Field(5.0, ge=0, description="upper bound of one backoff between retries")
+    gateway_breaker_enabled: bool = Field(True, description="a circuit breaker per gateway in the gateway executor")
+    gateway_breaker_failures: int = Field(
+        10, ge=1, description="consecutive failed calls (5xx/429/not sent, timeouts) that open a gateway's circuit"
+    )
+    gateway_breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1,
+        description="share of failed calls among the last gateway_breaker_window calls that opens the circuit",
+    )
+    gateway_breaker_window: int = Field(50, ge=1, description="calls the failure rate is computed over")
+    gateway_breaker_cooldown_s: float = Field(
+        30.0, ge=0, description="an open circuit lets one probe call through after this long (half-open)"
+    )
+    gateways_disabled: str = Field(
+        "", description="gateways switched off, comma-separated: routing skips them and no new authorization "
+        "is sent to them (captures, refunds and reconciliation of their payments go on)"
+    )
     idempotency_retention_s: int = Field(7 * 24 * 3600, description="how long command ids are remembered")
     sink_batch_size: int = 500
     sink_batch_wait_s: float = 0.2
@@ -67,6 +83,9 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="address the sink's HTTP server (/metrics, /health, /ready) binds; 0.0.0.0 in a container",
     )
+
+    def disabled_gateways(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.gateways_disabled.split(",") if name.strip())
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,11 @@ GATEWAY_CALLS = Counter("paystream_gateway_calls_total", "Gateway calls by outco
 GATEWAY_RETRIES = Counter("paystream_gateway_retries_total",
                           "Gateway calls tried again under the same idempotency key after a backoff",
                           ["gateway", "operation"])
+GATEWAY_CIRCUIT_STATE = Gauge("paystream_gateway_circuit_state",
+                              "Circuit breaker per gateway: 0 closed, 1 half-open, 2 open (calls not made)",
+                              ["gateway"])
+GATEWAY_CIRCUIT_TRANSITIONS = Counter("paystream_gateway_circuit_transitions_total",
+                                      "Circuit breaker changes per gateway, by the state entered", ["gateway", "state"])
 GATEWAY_LATENCY = Histogram(
     "paystream_gateway_latency_seconds",
     "Gateway call latency",

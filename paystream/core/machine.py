@@ -282,6 +282,9 @@ class GatewayReply:
     decline_code: str | None = None
     action_url: str | None = None
     message: str | None = None  # failure reason; never card data
+    # RETRYABLE_ERROR only: the call was not made at all (the gateway's circuit is open, or it is
+    # switched off), so nothing was charged and trying this gateway again now is pointless.
+    unavailable: bool = False
 
 
 class NotificationKind(StrEnum):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agents.gateway import execute
+from agents.gateway import Breakers, execute, reply_input
 from gateway_clients.protocol import (
     GatewayResult,
     GatewayStatus,
@@ -20,8 +20,8 @@ from gateway_clients.protocol import (
 )
 from gateway_clients.simulated.client import InProcessSimulatedGateway
 from gateway_clients.simulated.engine import SimulatedGatewayEngine
-from paystream.core.machine import CallGateway, GatewayOperation
-from paystream.core.resilience import RetryPolicy
+from paystream.core.machine import CallGateway, GatewayOperation, GatewayReply, ReplyStatus
+from paystream.core.resilience import BreakerConfig, BreakerState, RetryPolicy
 
 CAPTURED = GatewayResult(status=GatewayStatus.CAPTURED, gateway_ref="ch_1", currency="USD",
                          amount_authorized=1999, amount_captured=1999)
@@ -160,3 +160,80 @@ def test_real_engine_stored_5xx_is_replayed_so_the_executor_stops() -> None:
         "retryable_error", "retryable_replayed", 2)
     assert engine.charges_for_payment("pay-5xx") == []
 
+
+
+# --- circuit breaker and switched-off gateways ----------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def circuit(gateway: str = "simulated") -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("paystream_gateway_circuit_state", {"gateway": gateway})
+
+
+def test_open_circuit_means_the_call_is_not_made_and_nothing_charged() -> None:
+    clock = Clock()
+    breakers = Breakers(BreakerConfig(failures=3, window=50, cooldown_s=30), clock)
+    down = ScriptedGateway(RetryableGatewayError("503"))
+    policy = RetryPolicy(max_tries=2, base_s=0, cap_s=0)
+
+    def one(gw: Any, payment_id: str) -> dict[str, Any]:
+        return asyncio.run(execute({"simulated": gw}, call(payment_id), 5, retry=policy, breakers=breakers,
+                                   sleep=Sleeps(), rand=lambda: 0.5))
+
+    first = one(down, "p1")  # two failed tries
+    assert first["input"]["status"] == "retryable_error" and "unavailable" not in first["input"]
+    second = one(down, "p2")  # third failure opens the circuit: the retry is not made
+    assert len(down.keys) == 3
+    assert (second["meta"]["error_code"], second["input"]["unavailable"], second["meta"]["tries"]) == (
+        "circuit_open", True, 1)
+    assert circuit() == 2
+    healthy = ScriptedGateway(CAPTURED)
+    refused = one(healthy, "p3")
+    assert healthy.keys == [] and refused["input"]["status"] == "retryable_error"
+    assert reply_input(refused) == GatewayReply(
+        operation=GatewayOperation.AUTHORIZE, idempotency_key="ps-p3-authorize-0",
+        status=ReplyStatus.RETRYABLE_ERROR, message="circuit of gateway 'simulated' is open", unavailable=True)
+    clock.t += 30  # half-open: one probe goes through and closes the circuit
+    assert one(healthy, "p4")["input"]["status"] == "captured"
+    assert breakers.state("simulated") is BreakerState.CLOSED and circuit() == 0
+
+
+def test_declines_and_request_errors_do_not_count_against_the_gateway() -> None:
+    breakers = Breakers(BreakerConfig(failures=2, window=50), Clock())
+    gw = ScriptedGateway(PermanentGatewayError("400"), OutcomeUnknownError("lost"), PermanentGatewayError("400"),
+                         OutcomeUnknownError("lost"), RetryableGatewayError("500", replayed=True))
+    for i in range(5):
+        asyncio.run(execute({"simulated": gw}, call(f"q{i}"), 5, breakers=breakers))
+    # 400s are answers (they reset the streak), a replayed 5xx is no news: never two failures in a row.
+    assert breakers.state("simulated") is BreakerState.CLOSED
+
+
+def test_timeouts_count_against_the_gateway() -> None:
+    breakers = Breakers(BreakerConfig(failures=2, window=50), Clock())
+    gw = ScriptedGateway(OutcomeUnknownError("lost"))
+    for i in range(2):
+        reply = asyncio.run(execute({"simulated": gw}, call(f"t{i}"), 5, breakers=breakers))
+        assert reply["input"]["status"] == "unknown"  # still unknown, never "unavailable"
+    assert breakers.state("simulated") is BreakerState.OPEN
+
+
+def test_switched_off_gateway_gets_no_new_authorization_but_still_captures() -> None:
+    gw = ScriptedGateway(CAPTURED)
+    reply = asyncio.run(execute({"simulated": gw}, call(), 5, disabled=frozenset({"simulated"})))
+    assert (reply["input"]["status"], reply["input"]["unavailable"], reply["meta"]["error_code"]) == (
+        "retryable_error", True, "gateway_disabled")
+    assert gw.keys == []
+    capture = CallGateway(operation=GatewayOperation.CAPTURE, payment_id="pay-1", gateway="simulated",
+                          idempotency_key="ps-pay-1-capture-1", attempt=1, amount=1999, currency="USD",
+                          gateway_ref="ch_1")
+    reply = asyncio.run(execute({"simulated": gw}, capture, 5, disabled=frozenset({"simulated"})))
+    assert reply["input"]["status"] == "captured" and gw.keys == ["ps-pay-1-capture-1"]
