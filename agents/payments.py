@@ -32,6 +32,7 @@ from faust.types import TP
 from agents.gateway import GatewayExecutor, executor_options, reply_input
 from agents.methods import MethodDirectory
 from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input
+from agents.routing import load_routing_file, make_router
 from gateway_clients.protocol import PaymentGateway
 from paystream import metrics
 from paystream.config import Settings
@@ -194,6 +195,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         payments_table, idempotency_table,
         idempotency_retention_ms=s.idempotency_retention_s * 1000,
         methods=methods_table, sealer=keyring, method_lookup=lookup_method,
+        router=make_router(load_routing_file(s.routing_rules_file), w.gateways, s.disabled_gateways()),
     )
 
     async def send(event: Event | None, topic: str, key: bytes | None, value: bytes | None,

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     gateway_breaker_cooldown_s: float = Field(
         30.0, ge=0, description="an open circuit lets one probe call through after this long (half-open)"
     )
+    routing_rules_file: str | None = Field(
+        None, description="gateway routing table (YAML or JSON, docs/routing.md); default config/routing.yaml"
+    )
     gateways_disabled: str = Field(
         "", description="gateways switched off, comma-separated: routing skips them and no new authorization "
         "is sent to them (captures, refunds and reconciliation of their payments go on)"

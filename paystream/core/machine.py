@@ -201,6 +201,9 @@ class PaymentState:
     updated_at: int = 0
     attempts: int = 0  # gateway calls issued so far; the next call's attempt number
     seen_notifications: tuple[str, ...] = ()
+    # The gateways this payment may use, in order (core.routing); ``gateway`` is the one in use.
+    # Empty in records written before routing existed: then ``gateway`` alone, no failover.
+    route: tuple[str, ...] = ()
 
     @property
     def pending_refunds(self) -> int:
@@ -546,14 +549,18 @@ _CANCELABLE: Final = frozenset({PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.RE
 _REFUNDABLE: Final = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
-def _create(state: PaymentState | None, command: Command, body: CreatePayment, now: int) -> Decision:
+def _create(
+    state: PaymentState | None, command: Command, body: CreatePayment, now: int, route: tuple[str, ...]
+) -> Decision:
     if state is not None:
         return _reject(state, command, RejectionReason.PAYMENT_ALREADY_EXISTS, "a payment with this id exists")
     if body.payment_method_token is None:
         return _reject(
             state, command, RejectionReason.PAYMENT_METHOD_NOT_FOUND, "the saved payment method could not be resolved"
         )
-    gateway = body.gateway or DEFAULT_GATEWAY
+    if not route:
+        route = (body.gateway or DEFAULT_GATEWAY,)
+    gateway = route[0]
     created = PaymentState(
         payment_id=command.payment_id,
         order_id=body.order_id,
@@ -567,6 +574,7 @@ def _create(state: PaymentState | None, command: Command, body: CreatePayment, n
         payment_method_token=body.payment_method_token,
         created_at=now,
         updated_at=now,
+        route=route,
     )
     new_state, effect = _start(
         created, GatewayOperation.AUTHORIZE, causation_id=command.command_id, amount=body.amount, now=now
@@ -637,7 +645,7 @@ def _refund(state: PaymentState, command: Command, body: RefundPayment, now: int
     return Decision(new_state, (), (effect,), causation_id=command.command_id)
 
 
-def _decide_command(state: PaymentState | None, command: Command, now: int) -> Decision:
+def _decide_command(state: PaymentState | None, command: Command, now: int, route: tuple[str, ...]) -> Decision:
     body = command.body
     if isinstance(body, AddPaymentMethod | RemovePaymentMethod | ErasePaymentMethod):  # core.methods decides these
         return _reject(state, command, RejectionReason.UNSUPPORTED_COMMAND, "not a payment command")
@@ -645,7 +653,7 @@ def _decide_command(state: PaymentState | None, command: Command, now: int) -> D
     if rejection is not None:
         return Decision(state=state, rejection=rejection, causation_id=command.command_id)
     if isinstance(body, CreatePayment):
-        return _create(state, command, body, now)
+        return _create(state, command, body, now, route)
     if state is None:
         return _reject(state, command, RejectionReason.PAYMENT_NOT_FOUND, "no payment with this id")
     if state.payment_id != command.payment_id:
@@ -1102,13 +1110,16 @@ def _on_notification(state: PaymentState | None, n: Notification, now: int) -> D
 # --- Entry point ----------------------------------------------------------------------------
 
 
-def decide(state: PaymentState | None, inp: Input, now_ms: int) -> Decision:
+def decide(state: PaymentState | None, inp: Input, now_ms: int, *, route: tuple[str, ...] = ()) -> Decision:
     """The next state, the events to publish and the gateway calls to make, for one input.
 
-    Never raises for any input or state; invalid commands come back as ``rejection``.
+    ``route`` is a new payment's route (``core.routing``: primary gateway first, then the ones
+    it may fail over to), only read for a ``CreatePayment``; empty: the command's gateway (or
+    ``DEFAULT_GATEWAY``) alone. Never raises for any input or state; invalid commands come back
+    as ``rejection``.
     """
     if isinstance(inp, Command):
-        return _decide_command(state, inp, now_ms)
+        return _decide_command(state, inp, now_ms, route)
     if isinstance(inp, GatewayReply):
         return _on_reply(state, inp, now_ms)
     if isinstance(inp, ReconcileResult):
