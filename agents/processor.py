@@ -27,9 +27,11 @@ from paystream.core import idempotency as idem
 from paystream.core.machine import (
     CallGateway,
     Decision,
+    GatewayReply,
     Input,
     Notification,
     PaymentState,
+    ReplyStatus,
     decide,
     totals,
 )
@@ -42,6 +44,7 @@ from paystream.core.methods import (
 )
 from paystream.core.rejections import Rejection, RejectionReason
 from paystream.core.sensitive import redact
+from paystream.metrics import ORPHAN_CHARGES
 from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
 
@@ -242,6 +245,13 @@ class PaymentProcessor:
         decision = decide(record.state, inp, now)
         if decision.ignored:
             out.ignored = decision.ignored
+            if (decision.ignored == "stale_reply" and isinstance(inp, GatewayReply)
+                    and inp.status in (ReplyStatus.AUTHORIZED, ReplyStatus.CAPTURED)):
+                # A call redone after the payment had moved on (a new attempt or another
+                # gateway) says money moved under an old key: that charge is nobody's.
+                ORPHAN_CHARGES.inc()
+                log.error("payment %s: a stale reply under %s reports %s; check the gateway for an orphan charge",
+                          payment_id, inp.idempotency_key, inp.status.value)
             return out
         record.state = decision.state
         self._emit(record, payment_id, decision, now, out)

@@ -19,6 +19,8 @@ GATEWAY_CIRCUIT_STATE = Gauge("paystream_gateway_circuit_state",
                               ["gateway"])
 GATEWAY_CIRCUIT_TRANSITIONS = Counter("paystream_gateway_circuit_transitions_total",
                                       "Circuit breaker changes per gateway, by the state entered", ["gateway", "state"])
+ORPHAN_CHARGES = Counter("paystream_gateway_orphan_charges_total",
+                         "Stale gateway replies saying money moved under a key the payment no longer uses")
 GATEWAY_LATENCY = Histogram(
     "paystream_gateway_latency_seconds",
     "Gateway call latency",

@@ -91,6 +91,7 @@ __all__ = [
     "check_invariants",
     "decide",
     "gateway_idempotency_key",
+    "next_gateway",
     "pending_effect",
     "reconcile_effects",
     "totals",
@@ -677,6 +678,7 @@ class _Outcome:
     decline_code: str | None = None
     action_url: str | None = None
     message: str | None = None
+    unavailable: bool = False
 
 
 def _base(state: PaymentState, now: int, gateway_ref: str | None) -> PaymentState:
@@ -823,8 +825,32 @@ def _gateway_refused(state: PaymentState, op: PendingOperation, now: int, causat
     return Decision(restored, (event,), causation_id=causation)
 
 
-def _retry_or_give_up(state: PaymentState, op: PendingOperation, now: int) -> Decision:
-    if op.retries + 1 >= MAX_GATEWAY_ATTEMPTS:
+def next_gateway(state: PaymentState) -> str | None:
+    """The gateway after the one in use on the payment's route (None: the route ends here)."""
+    route = state.route or (state.gateway,)
+    if state.gateway not in route:
+        return None
+    index = route.index(state.gateway)
+    return route[index + 1] if index + 1 < len(route) else None
+
+
+def _retry_or_give_up(state: PaymentState, op: PendingOperation, now: int, *, unavailable: bool = False) -> Decision:
+    """The gateway did nothing ("retry"): a new attempt there, failover, or give up.
+
+    Only this path fails over: the reply guarantees nothing was charged under this key, and
+    every earlier attempt of the operation ended the same way (an unknown outcome stops the
+    operation in ``_unknown``, a decline or an authorization resolves it). An authorization
+    moves to the next gateway of the route once this gateway is used up: MAX_GATEWAY_ATTEMPTS
+    calls, or at once when the call was not even made (circuit open, switched off).
+    """
+    used_up = unavailable or op.retries + 1 >= MAX_GATEWAY_ATTEMPTS
+    if used_up and op.operation is GatewayOperation.AUTHORIZE and (following := next_gateway(state)) is not None:
+        moved = replace(state, gateway=following)
+        new_state, effect = _start(
+            moved, GatewayOperation.AUTHORIZE, causation_id=op.causation_id, amount=op.amount, now=now
+        )
+        return Decision(new_state, (), (effect,), causation_id=op.causation_id)
+    if used_up:
         return _gateway_refused(state, op, now, op.causation_id, "gateway_unavailable")
     new_state, effect = _start(
         state,
@@ -848,7 +874,7 @@ def _resolve(
         if reconciling:
             return _ignore(state, "outcome_still_unknown")
         if status is ReplyStatus.RETRYABLE_ERROR:
-            return _retry_or_give_up(state, op, now)
+            return _retry_or_give_up(state, op, now, unavailable=out.unavailable)
         if status is ReplyStatus.PERMANENT_ERROR:
             return _gateway_refused(state, op, now, causation, out.message or "gateway_error")
         return _unknown(state, op, now, ref)
@@ -926,6 +952,7 @@ def _on_reply(state: PaymentState | None, reply: GatewayReply, now: int) -> Deci
         decline_code=reply.decline_code,
         action_url=reply.action_url,
         message=reply.message,
+        unavailable=reply.unavailable and reply.status is ReplyStatus.RETRYABLE_ERROR,
     )
     return _resolve(state, op, outcome, now, op.causation_id, reconciling=False)
 

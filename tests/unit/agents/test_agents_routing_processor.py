@@ -81,3 +81,23 @@ def test_a_record_written_before_routing_loads_with_an_empty_route() -> None:
     old["state"] = {k: v for k, v in old["state"].items() if k != "route"}
     state = PaymentRecord.from_json(old).state
     assert state is not None and state.route == () and state.gateway == "simulated"
+
+
+def test_a_stale_reply_reporting_money_moved_raises_the_orphan_charge_alarm() -> None:
+    from prometheus_client import REGISTRY
+
+    from paystream.core.machine import GatewayOperation, GatewayReply, ReplyStatus
+
+    proc, payments = processor()
+    out = proc.handle_command(create("p1", country="IS"), NOW)
+    old_key = out.calls[0].idempotency_key
+    unavailable = GatewayReply(operation=GatewayOperation.AUTHORIZE, idempotency_key=old_key,
+                               status=ReplyStatus.RETRYABLE_ERROR, unavailable=True)
+    out = proc.handle_input("p1", unavailable, NOW)
+    assert [c.gateway for c in out.calls] == ["stripe"] and out.calls[0].idempotency_key != old_key
+    before = REGISTRY.get_sample_value("paystream_gateway_orphan_charges_total") or 0.0
+    late = GatewayReply(operation=GatewayOperation.AUTHORIZE, idempotency_key=old_key, status=ReplyStatus.CAPTURED,
+                        gateway_ref="ch_old", amount_authorized=1500, amount_captured=1500)
+    out = proc.handle_input("p1", late, NOW)
+    assert out.ignored == "stale_reply" and out.events == []
+    assert REGISTRY.get_sample_value("paystream_gateway_orphan_charges_total") == before + 1
