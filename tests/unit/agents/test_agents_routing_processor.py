@@ -88,7 +88,7 @@ def test_a_stale_reply_reporting_money_moved_raises_the_orphan_charge_alarm() ->
 
     from paystream.core.machine import GatewayOperation, GatewayReply, ReplyStatus
 
-    proc, payments = processor()
+    proc, _ = processor()
     out = proc.handle_command(create("p1", country="IS"), NOW)
     old_key = out.calls[0].idempotency_key
     unavailable = GatewayReply(operation=GatewayOperation.AUTHORIZE, idempotency_key=old_key,
