@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway_clients.protocol import (
@@ -21,8 +23,23 @@ from gateway_clients.protocol import (
     PermanentGatewayError,
     RetryableGatewayError,
 )
+from paystream.config import Settings
 from paystream.core.machine import CallGateway, GatewayOperation, GatewayReply, ReconcileResult, ReplyStatus
-from paystream.metrics import GATEWAY_CALLS, GATEWAY_LATENCY
+from paystream.core.resilience import (
+    BreakerConfig,
+    BreakerState,
+    CallHealth,
+    CircuitBreaker,
+    RetryPolicy,
+    backoff_delay,
+)
+from paystream.metrics import (
+    GATEWAY_CALLS,
+    GATEWAY_CIRCUIT_STATE,
+    GATEWAY_CIRCUIT_TRANSITIONS,
+    GATEWAY_LATENCY,
+    GATEWAY_RETRIES,
+)
 
 log = logging.getLogger("paystream.gateway")
 
@@ -43,7 +60,7 @@ def reconciled_operation(call: CallGateway) -> str:
 
 def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None = None,
            message: str | None = None, *, error_code: str | None = None,
-           latency_ms: int | None = None) -> dict[str, Any]:
+           latency_ms: int | None = None, tries: int = 1, unavailable: bool = False) -> dict[str, Any]:
     """The reply record: ``input`` is decoded into the machine's dataclass by field name, so
     anything else (for the sink's payment_transactions) goes into the sibling ``meta``."""
     fields: dict[str, Any] = {
@@ -62,6 +79,7 @@ def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None 
         "attempt": call.attempt,
         "latency_ms": latency_ms,
         "error_code": error_code,
+        "tries": tries,  # calls made under this key by this reply (retries after "nothing done")
         "replied_at": time.time_ns() // 1_000_000,
     }
     if call.operation is GatewayOperation.RETRIEVE:
@@ -69,6 +87,8 @@ def _reply(call: CallGateway, status: ReplyStatus, result: GatewayResult | None 
                 "input": {"reconciliation_id": f"rc-{call.idempotency_key}", **fields}}
     fields["operation"] = call.operation.value
     fields["action_url"] = result.action_url if result else None
+    if unavailable:
+        fields["unavailable"] = True
     return {"kind": "reply", "payment_id": call.payment_id, "meta": meta, "input": fields}
 
 
@@ -93,35 +113,156 @@ async def _invoke(gw: PaymentGateway, call: CallGateway) -> GatewayResult:
     return await gw.retrieve(idempotency_key=call.idempotency_key)
 
 
-async def execute(gateways: Mapping[str, PaymentGateway], call: CallGateway, timeout_s: float) -> dict[str, Any]:
-    """One gateway call, bounded in time; returns the reply record for the internal topic."""
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """One call made to the gateway, classified once."""
+
+    status: ReplyStatus
+    result: GatewayResult | None = None
+    message: str | None = None
+    error_code: str | None = None
+    same_key_may_help: bool = False  # retryable, and the gateway did not store the answer
+
+    @property
+    def health(self) -> CallHealth | None:
+        """What the try says about the gateway (None: nothing new, e.g. a replayed answer)."""
+        if self.status is ReplyStatus.RETRYABLE_ERROR:
+            return CallHealth.FAILED if self.same_key_may_help else None
+        if self.error_code in ("timeout", "outcome_unknown"):
+            return CallHealth.FAILED
+        if self.error_code == "unexpected_error":
+            return None  # our bug, not the gateway's health
+        return CallHealth.OK
+
+
+async def _try_once(gw: PaymentGateway, call: CallGateway, timeout_s: float) -> _Try:
+    try:
+        result = await asyncio.wait_for(_invoke(gw, call), timeout_s)
+        return _Try(ReplyStatus(result.status.value), result)
+    except (OutcomeUnknownError, IdempotencyConflictError, TimeoutError) as exc:
+        return _Try(ReplyStatus.UNKNOWN, None, type(exc).__name__, _ERROR_CODES.get(type(exc), "outcome_unknown"))
+    except ChargeNotFoundError:
+        return _Try(ReplyStatus.NOT_FOUND, error_code="not_found")
+    except RetryableGatewayError as exc:
+        # A replayed failure comes back for this key every time: only a new attempt's key helps.
+        replayed = bool(getattr(exc, "replayed", False))
+        return _Try(ReplyStatus.RETRYABLE_ERROR, None, str(exc)[:200],
+                    "retryable_replayed" if replayed else "retryable_error", same_key_may_help=not replayed)
+    except PermanentGatewayError as exc:
+        return _Try(ReplyStatus.PERMANENT_ERROR, None, str(exc)[:200], "permanent_error")
+    except Exception as exc:  # a bug or an unexpected answer: we cannot know what happened
+        log.exception("gateway call %s failed unexpectedly", call.idempotency_key)
+        return _Try(ReplyStatus.UNKNOWN, None, type(exc).__name__, "unexpected_error")
+
+
+async def execute(
+    gateways: Mapping[str, PaymentGateway],
+    call: CallGateway,
+    timeout_s: float,
+    *,
+    retry: RetryPolicy | None = None,
+    breakers: Breakers | None = None,
+    disabled: frozenset[str] = frozenset(),
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rand: Callable[[], float] = random.random,
+) -> dict[str, Any]:
+    """One gateway call, each try bounded in time; returns the reply record for the internal topic.
+
+    A ``RetryableGatewayError`` (nothing was charged) is tried again under the *same*
+    idempotency key after an exponential backoff with full jitter, up to ``retry.max_tries``
+    tries, unless the gateway replayed a stored failure for the key (then another try under it
+    cannot succeed). Only then does the machine hear ``retryable_error`` (and decide on a new
+    attempt with a new key). Timeouts and unknown outcomes are never retried here.
+
+    With ``breakers``, a try is only made while the gateway's circuit lets it through; otherwise
+    the reply is ``retryable_error`` with ``unavailable`` set (``circuit_open``): the call was not
+    made, nothing was charged. The same holds for an authorization at a gateway switched off
+    (``disabled``); captures, cancels, refunds and retrieves still reach a switched-off gateway,
+    which holds the money of its existing payments.
+    """
     gw = gateways.get(call.gateway)
     if gw is None:
         return _reply(call, ReplyStatus.PERMANENT_ERROR, message=f"gateway {call.gateway!r} is not configured",
                       error_code="gateway_not_configured", latency_ms=0)
+    if call.gateway in disabled and call.operation is GatewayOperation.AUTHORIZE:
+        GATEWAY_CALLS.labels(call.gateway, call.operation.value, "not_made").inc()
+        return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"gateway {call.gateway!r} is switched off",
+                      error_code="gateway_disabled", latency_ms=0, tries=0, unavailable=True)
+    policy = retry or _NO_RETRY
     t0 = time.monotonic()
-    result: GatewayResult | None = None
-    message: str | None = None
-    error_code: str | None = None
-    try:
-        result = await asyncio.wait_for(_invoke(gw, call), timeout_s)
-        status = ReplyStatus(result.status.value)
-    except (OutcomeUnknownError, IdempotencyConflictError, TimeoutError) as exc:
-        status, message = ReplyStatus.UNKNOWN, type(exc).__name__
-        error_code = _ERROR_CODES.get(type(exc), "outcome_unknown")
-    except ChargeNotFoundError:
-        status, error_code = ReplyStatus.NOT_FOUND, "not_found"
-    except RetryableGatewayError as exc:
-        status, message, error_code = ReplyStatus.RETRYABLE_ERROR, str(exc)[:200], "retryable_error"
-    except PermanentGatewayError as exc:
-        status, message, error_code = ReplyStatus.PERMANENT_ERROR, str(exc)[:200], "permanent_error"
-    except Exception as exc:  # a bug or an unexpected answer: we cannot know what happened
-        log.exception("gateway call %s failed unexpectedly", call.idempotency_key)
-        status, message, error_code = ReplyStatus.UNKNOWN, type(exc).__name__, "unexpected_error"
+    tries = 0
+    while True:
+        if breakers is not None and not breakers.allow(call.gateway):
+            GATEWAY_CALLS.labels(call.gateway, call.operation.value, "not_made").inc()
+            return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"circuit of gateway {call.gateway!r} is open",
+                          error_code="circuit_open", latency_ms=round((time.monotonic() - t0) * 1000), tries=tries,
+                          unavailable=True)
+        started = time.monotonic()
+        outcome = await _try_once(gw, call, timeout_s)
+        tries += 1
+        GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - started)
+        GATEWAY_CALLS.labels(call.gateway, call.operation.value, outcome.status.value).inc()
+        if breakers is not None:
+            breakers.record(call.gateway, outcome.health)
+        if not (outcome.same_key_may_help and tries < policy.max_tries):
+            break
+        delay = backoff_delay(tries - 1, base_s=policy.base_s, cap_s=policy.cap_s, rand=rand)
+        GATEWAY_RETRIES.labels(call.gateway, call.operation.value).inc()
+        log.info("gateway call %s: %s, try %d of %d again in %.2fs", call.idempotency_key, outcome.error_code,
+                 tries + 1, policy.max_tries, delay)
+        await sleep(delay)
     elapsed = time.monotonic() - t0
-    GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(elapsed)
-    GATEWAY_CALLS.labels(call.gateway, call.operation.value, status.value).inc()
-    return _reply(call, status, result, message, error_code=error_code, latency_ms=round(elapsed * 1000))
+    return _reply(call, outcome.status, outcome.result, outcome.message, error_code=outcome.error_code,
+                  latency_ms=round(elapsed * 1000), tries=tries)
+
+
+_NO_RETRY = RetryPolicy(max_tries=1)
+
+_STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class Breakers:
+    """One circuit breaker per gateway name (made on first use), exported as metrics."""
+
+    def __init__(self, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self._by_gateway: dict[str, CircuitBreaker] = {}
+
+    def get(self, gateway: str) -> CircuitBreaker:
+        breaker = self._by_gateway.get(gateway)
+        if breaker is None:
+            breaker = self._by_gateway[gateway] = CircuitBreaker(self.config, self.clock)
+            GATEWAY_CIRCUIT_STATE.labels(gateway).set(0)
+        return breaker
+
+    def state(self, gateway: str) -> BreakerState:
+        return self.get(gateway).state
+
+    def allow(self, gateway: str) -> bool:
+        """May a call to ``gateway`` be made now? (Half-open: this call is the probe.)"""
+        breaker = self.get(gateway)
+        before = breaker.state
+        allowed = breaker.allow()
+        self._changed(gateway, before, breaker.state)
+        return allowed
+
+    def record(self, gateway: str, health: CallHealth | None) -> None:
+        if health is None:
+            return
+        breaker = self.get(gateway)
+        before = breaker.state
+        breaker.record(health)
+        self._changed(gateway, before, breaker.state)
+
+    def _changed(self, gateway: str, before: BreakerState, after: BreakerState) -> None:
+        if after is before:
+            return
+        GATEWAY_CIRCUIT_STATE.labels(gateway).set(_STATE_VALUE[after])
+        GATEWAY_CIRCUIT_TRANSITIONS.labels(gateway, after.value).inc()
+        level = logging.WARNING if after is BreakerState.OPEN else logging.INFO
+        log.log(level, "circuit of gateway %s: %s -> %s", gateway, before.value, after.value)
+
 
 
 # Normalised error codes for the sink's payment_transactions (declines have their own code).
@@ -130,6 +271,22 @@ _ERROR_CODES: dict[type[BaseException], str] = {
     OutcomeUnknownError: "outcome_unknown",
     IdempotencyConflictError: "idempotency_conflict",
 }
+
+
+def executor_options(settings: Settings) -> dict[str, Any]:
+    """The executor's retry, breaker and switched-off settings, as keyword arguments of ``GatewayExecutor``."""
+    breakers = None
+    if settings.gateway_breaker_enabled:
+        breakers = Breakers(BreakerConfig(
+            failures=settings.gateway_breaker_failures, failure_rate=settings.gateway_breaker_failure_rate,
+            window=settings.gateway_breaker_window, cooldown_s=settings.gateway_breaker_cooldown_s,
+        ))
+    return {
+        "retry": RetryPolicy(max_tries=settings.gateway_retry_max_tries, base_s=settings.gateway_retry_base_s,
+                             cap_s=settings.gateway_retry_cap_s),
+        "breakers": breakers,
+        "disabled": settings.disabled_gateways(),
+    }
 
 
 def reply_input(value: Mapping[str, Any]) -> GatewayReply | ReconcileResult:
@@ -153,10 +310,14 @@ class GatewayExecutor:
 
     Calls of a partition run concurrently (up to ``max_in_flight``); offsets are committed up to
     the oldest call not yet answered, so a slow call holds back only the commit, not the work.
+    A call waiting for its next try (backoff after "nothing done, retry") is one of those tasks:
+    it sleeps in its own task and holds one in-flight slot, never the other calls.
     """
 
     def __init__(self, *, bootstrap: str, group: str, calls_topic: str, replies_topic: str,
-                 gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256) -> None:
+                 gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256,
+                 retry: RetryPolicy | None = None, breakers: Breakers | None = None,
+                 disabled: frozenset[str] = frozenset()) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.calls_topic = calls_topic
@@ -164,6 +325,9 @@ class GatewayExecutor:
         self.gateways = gateways
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
+        self.retry = retry
+        self.breakers = breakers
+        self.disabled = disabled
         self.done = 0
 
     async def run(self) -> None:
@@ -191,7 +355,8 @@ class GatewayExecutor:
         async def handle(tp: TopicPartition, value: bytes) -> None:
             try:
                 call = codec.decode(CallGateway, value)
-                reply = await execute(self.gateways, call, self.timeout_s)
+                reply = await execute(self.gateways, call, self.timeout_s, retry=self.retry,
+                                      breakers=self.breakers, disabled=self.disabled)
                 await producer.send_and_wait(self.replies_topic, _json.dumps(reply).encode(),
                                              key=call.payment_id.encode(), partition=tp.partition)
                 self.done += 1

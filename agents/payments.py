@@ -29,9 +29,10 @@ from aiokafka.errors import IllegalOperation
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
-from agents.gateway import GatewayExecutor, reply_input
+from agents.gateway import GatewayExecutor, executor_options, reply_input
 from agents.methods import MethodDirectory
 from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input
+from agents.routing import load_routing_file, make_router
 from gateway_clients.protocol import PaymentGateway
 from paystream import metrics
 from paystream.config import Settings
@@ -195,6 +196,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         payments_table, idempotency_table,
         idempotency_retention_ms=s.idempotency_retention_s * 1000,
         methods=methods_table, sealer=keyring, method_lookup=lookup_method,
+        router=make_router(load_routing_file(s.routing_rules_file), w.gateways, s.disabled_gateways()),
     )
 
     async def send(event: Event | None, topic: str, key: bytes | None, value: bytes | None,
@@ -489,7 +491,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
         replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
-        max_in_flight=s.gateway_batch_size,
+        max_in_flight=s.gateway_batch_size, **executor_options(s),
     )
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped

@@ -27,9 +27,11 @@ from paystream.core import idempotency as idem
 from paystream.core.machine import (
     CallGateway,
     Decision,
+    GatewayReply,
     Input,
     Notification,
     PaymentState,
+    ReplyStatus,
     decide,
     totals,
 )
@@ -42,6 +44,7 @@ from paystream.core.methods import (
 )
 from paystream.core.rejections import Rejection, RejectionReason
 from paystream.core.sensitive import redact
+from paystream.metrics import ORPHAN_CHARGES
 from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
 
@@ -131,6 +134,7 @@ class PaymentProcessor:
         methods: MutableMapping[str, Any] | None = None,
         sealer: Sealer | None = None,
         method_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
+        router: Callable[[cmds.CreatePayment, bool], tuple[str, ...] | Rejection] | None = None,
     ) -> None:
         self.payments = payments
         self.idempotency = idempotency
@@ -140,6 +144,8 @@ class PaymentProcessor:
         self.sealer = sealer
         # Any method, whatever its partition (the local table first, then the directory).
         self.method_lookup = method_lookup or self.methods.get
+        # The route of a new payment (agents.routing); None: the command's gateway or the default.
+        self.router = router
 
     # ---------------------------------------------------------------- records
 
@@ -239,6 +245,13 @@ class PaymentProcessor:
         decision = decide(record.state, inp, now)
         if decision.ignored:
             out.ignored = decision.ignored
+            if (decision.ignored == "stale_reply" and isinstance(inp, GatewayReply)
+                    and inp.status in (ReplyStatus.AUTHORIZED, ReplyStatus.CAPTURED)):
+                # A call redone after the payment had moved on (a new attempt or another
+                # gateway) says money moved under an old key: that charge is nobody's.
+                ORPHAN_CHARGES.inc()
+                log.error("payment %s: a stale reply under %s reports %s; check the gateway for an orphan charge",
+                          payment_id, inp.idempotency_key, inp.status.value)
             return out
         record.state = decision.state
         self._emit(record, payment_id, decision, now, out)
@@ -251,19 +264,27 @@ class PaymentProcessor:
             self._apply_method(record, command, now, out)
             return
         body = command.body
+        route: tuple[str, ...] = ()
         if isinstance(body, cmds.CreatePayment) and record.state is None:
             if self.methods.get(command.payment_id) is not None:
                 rejection = Rejection(RejectionReason.PAYMENT_ALREADY_EXISTS, "the id is a saved payment method's")
                 self._reject(record, command, rejection, now, out)
                 return
             saved = body.saved_method_id is not None and body.payment_method_token is None
-            if saved and cmds.validate(command) is None:
+            valid = cmds.validate(command) is None
+            if saved and valid:
                 resolved = self._resolve_saved_method(body)
                 if isinstance(resolved, Rejection):
                     self._reject(record, command, resolved, now, out)
                     return
                 command = dataclasses.replace(command, body=resolved)
-        decision = decide(record.state, command, now)
+            if valid and self.router is not None and isinstance(command.body, cmds.CreatePayment):
+                routed = self.router(command.body, saved)
+                if isinstance(routed, Rejection):
+                    self._reject(record, command, routed, now, out)
+                    return
+                route = routed
+        decision = decide(record.state, command, now, route=route)
         if decision.rejection is not None:
             self._reject(record, command, decision.rejection, now, out)
             return

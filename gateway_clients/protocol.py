@@ -99,12 +99,15 @@ class GatewayError(Exception):
         http_status: int | None = None,
         gateway_code: str | None = None,
         idempotency_key: str | None = None,
+        replayed: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         self.gateway_code = gateway_code
         self.idempotency_key = idempotency_key
+        # The gateway answered from its idempotency store: the same key gets the same answer.
+        self.replayed = replayed
 
     def __repr__(self) -> str:
         return (
@@ -116,8 +119,10 @@ class GatewayError(Exception):
 class RetryableGatewayError(GatewayError):
     """Nothing was charged (not sent, rate limited, or a 5xx the gateway flags as safe).
 
-    Retry with the next attempt's idempotency key: gateways may have stored this response
-    against the current key and would replay it.
+    Retrying under the same idempotency key is always safe and helps when the gateway did not
+    store the answer (request not sent, rate limited, an unavailable front end). Gateways with
+    Stripe's semantics store a 5xx against the key and replay it (``replayed`` is then set on
+    the replay): only the next attempt's key gets a fresh try there.
     """
 
 

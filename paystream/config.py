@@ -36,6 +36,34 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr = SecretStr("sk_test_123")
     gateway_timeout_s: float = Field(10.0, description="after this a gateway call's outcome is unknown")
     gateway_batch_size: int = Field(256, description="gateway calls carried out concurrently per batch")
+    gateway_retry_max_tries: int = Field(
+        3, ge=1,
+        description="tries of one gateway call under the same idempotency key while the gateway answers "
+        "'nothing done, retry' (1: no retry); then the state machine decides (new attempt, failover or failed)",
+    )
+    gateway_retry_base_s: float = Field(
+        0.2, ge=0, description="backoff before the n-th retry: uniformly random in [0, min(cap, base * 2^n)]"
+    )
+    gateway_retry_cap_s: float = Field(5.0, ge=0, description="upper bound of one backoff between retries")
+    gateway_breaker_enabled: bool = Field(True, description="a circuit breaker per gateway in the gateway executor")
+    gateway_breaker_failures: int = Field(
+        10, ge=1, description="consecutive failed calls (5xx/429/not sent, timeouts) that open a gateway's circuit"
+    )
+    gateway_breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1,
+        description="share of failed calls among the last gateway_breaker_window calls that opens the circuit",
+    )
+    gateway_breaker_window: int = Field(50, ge=1, description="calls the failure rate is computed over")
+    gateway_breaker_cooldown_s: float = Field(
+        30.0, ge=0, description="an open circuit lets one probe call through after this long (half-open)"
+    )
+    routing_rules_file: str | None = Field(
+        None, description="gateway routing table (YAML or JSON, docs/routing.md); default config/routing.yaml"
+    )
+    gateways_disabled: str = Field(
+        "", description="gateways switched off, comma-separated: routing skips them and no new authorization "
+        "is sent to them (captures, refunds and reconciliation of their payments go on)"
+    )
     idempotency_retention_s: int = Field(7 * 24 * 3600, description="how long command ids are remembered")
     sink_batch_size: int = 500
     sink_batch_wait_s: float = 0.2
@@ -58,6 +86,9 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="address the sink's HTTP server (/metrics, /health, /ready) binds; 0.0.0.0 in a container",
     )
+
+    def disabled_gateways(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.gateways_disabled.split(",") if name.strip())
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,16 @@ PAYMENTS = Counter("paystream_payments_total", "Payments reaching a status, by g
 AMOUNT = Counter("paystream_amount_minor_total", "Amounts of payments that succeeded, minor units", ["currency"])
 DEADLETTERS = Counter("paystream_deadletters_total", "Messages sent to payment.deadletter", ["stage", "reason"])
 GATEWAY_CALLS = Counter("paystream_gateway_calls_total", "Gateway calls by outcome", ["gateway", "operation", "status"])
+GATEWAY_RETRIES = Counter("paystream_gateway_retries_total",
+                          "Gateway calls tried again under the same idempotency key after a backoff",
+                          ["gateway", "operation"])
+GATEWAY_CIRCUIT_STATE = Gauge("paystream_gateway_circuit_state",
+                              "Circuit breaker per gateway: 0 closed, 1 half-open, 2 open (calls not made)",
+                              ["gateway"])
+GATEWAY_CIRCUIT_TRANSITIONS = Counter("paystream_gateway_circuit_transitions_total",
+                                      "Circuit breaker changes per gateway, by the state entered", ["gateway", "state"])
+ORPHAN_CHARGES = Counter("paystream_gateway_orphan_charges_total",
+                         "Stale gateway replies saying money moved under a key the payment no longer uses")
 GATEWAY_LATENCY = Histogram(
     "paystream_gateway_latency_seconds",
     "Gateway call latency",

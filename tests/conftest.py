@@ -114,7 +114,11 @@ def worker(stack_env: dict[str, str], producer: OrderServiceProducer,
     port = free_port()
     env = {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(tmp / "data"), "PAYSTREAM_WEB_PORT": str(port),
            "PAYSTREAM_API_KEYS": f"itest:{hashlib.sha256(API_KEY.encode()).hexdigest()}", "PYTHONUNBUFFERED": "1",
-           "PAYSTREAM_GATEWAY_TIMEOUT_S": "5"}
+           "PAYSTREAM_GATEWAY_TIMEOUT_S": "5",
+           # Routing as config/routing.yaml plus one rule for test_gateway_routing.py; a short breaker
+           # cool-down so a circuit that test opens is closed again before the next test.
+           "PAYSTREAM_ROUTING_RULES_FILE": str(ROOT / "tests" / "integration" / "fixtures" / "routing-rules.yaml"),
+           "PAYSTREAM_GATEWAY_BREAKER_COOLDOWN_S": "10"}
     w = Worker(env, tmp / "worker.log", producer, port)
     w.start()
     w.wait_ready()

@@ -26,13 +26,18 @@ token                                  amount%100   outcome
 ``tok_5xx``                            59           500, nothing charged (stored, replayed)
 ``tok_slow``                           60           approved, response delayed ``slow_ms``
 ``tok_refund_fail``                                 approved; every refund on it fails
+``tok_flaky_<n>`` (n = 1..9)                        the first n requests under an idempotency
+                                                    key get 503 ``service_unavailable`` (not
+                                                    stored), then approved
 a 12+ digit run (card data)                         400 ``raw_card_data_rejected``, not stored
 anything else                                       400 ``invalid_payment_method``
 =====================================  ===========  =========================================
 
 Idempotency follows Stripe: the first response for a key is stored (declines and 5xx
 included) and replayed for the same parameters; the same key with different parameters is a
-400 ``idempotency_key_reused``. Requests that fail basic validation are not stored.
+400 ``idempotency_key_reused``. Requests that fail basic validation are not stored, and neither
+is the 503 of ``tok_flaky_<n>``: it stands for a front end that refuses the request before the
+idempotency layer sees it, so a retry under the same key gets a fresh try.
 """
 
 from __future__ import annotations
@@ -117,6 +122,7 @@ _MAX_PENDING_EVENTS: Final = 100_000
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _TOKEN_RE = re.compile(r"^(tok|pm)_[A-Za-z0-9_]{1,100}$")
 _DIGIT_RUN_RE = re.compile(r"\d{12,}")
+_FLAKY_RE = re.compile(r"^tok_flaky_([1-9])$")
 
 
 class Delivery(StrEnum):
@@ -242,6 +248,7 @@ class SimulatedGatewayEngine:
         self._ref_counter = 0
         self._refund_counter = 0
         self._event_counter = 0
+        self._refused_at_front: dict[str, int] = {}  # tok_flaky_<n>: 503s served per idempotency key
 
     # -- configuration -------------------------------------------------------------------
 
@@ -295,6 +302,11 @@ class SimulatedGatewayEngine:
             return _error(
                 400, "invalid_request_error", "raw_card_data_rejected", "send a payment method token, never card data"
             )
+        flaky = _FLAKY_RE.match(payment_method_token)
+        if flaky is not None and self._refused_at_front.get(idempotency_key, 0) < int(flaky.group(1)):
+            # Refused before the idempotency layer: nothing done, nothing stored.
+            self._refused_at_front[idempotency_key] = self._refused_at_front.get(idempotency_key, 0) + 1
+            return _unavailable()
         meta = dict(metadata or {})
         meta["payment_id"] = payment_id
         fingerprint: tuple[object, ...] = (
@@ -782,6 +794,12 @@ def _decline_error(payment: JsonDict) -> EngineResponse:
 def _server_error() -> EngineResponse:
     return _error(
         500, "api_error", "internal_error", "internal error before processing; nothing was charged", should_retry=True
+    )
+
+
+def _unavailable() -> EngineResponse:
+    return _error(
+        503, "api_error", "service_unavailable", "temporarily unavailable; nothing was done, retry", should_retry=True
     )
 
 

@@ -147,6 +147,7 @@ def classify_error(
     should_retry: bool,
     mutating: bool,
     idempotency_key: str | None = None,
+    replayed: bool = False,
 ) -> GatewayError:
     """The one place that decides what a non-success HTTP answer means for the caller."""
     error = body.get("error") if body is not None else None
@@ -156,7 +157,8 @@ def classify_error(
     message = raw_message if isinstance(raw_message, str) else f"gateway answered {status_code}"
 
     def make(cls: type[GatewayError]) -> GatewayError:
-        return cls(message, http_status=status_code, gateway_code=code, idempotency_key=idempotency_key)
+        return cls(message, http_status=status_code, gateway_code=code, idempotency_key=idempotency_key,
+                   replayed=replayed)
 
     if status_code == 429 or (status_code == 409 and code == "idempotency_request_in_progress"):
         return make(RetryableGatewayError)
@@ -197,7 +199,8 @@ def translate_response(
                 raise _malformed(exc, status_code, mutating, idempotency_key) from exc
     if not 200 <= status_code < 300:
         raise classify_error(
-            status_code, body, should_retry=should_retry, mutating=mutating, idempotency_key=idempotency_key
+            status_code, body, should_retry=should_retry, mutating=mutating, idempotency_key=idempotency_key,
+            replayed=replayed,
         )
     if body is None:
         raise _malformed(ValueError("empty body"), status_code, mutating, idempotency_key)

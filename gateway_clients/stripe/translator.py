@@ -278,8 +278,10 @@ def classify_error(
     code = exc.code
     message = exc.user_message or type(exc).__name__
 
+    replayed = _header(exc.headers or {}, "idempotent-replayed") == "true"
+
     def make(cls: type[GatewayError], msg: str = message) -> GatewayError:
-        return cls(msg, http_status=status, gateway_code=code, idempotency_key=idempotency_key)
+        return cls(msg, http_status=status, gateway_code=code, idempotency_key=idempotency_key, replayed=replayed)
 
     if isinstance(exc, stripe.CardError):
         return _declined_from_card_error(exc, latency_ms=latency_ms)

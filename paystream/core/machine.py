@@ -91,6 +91,7 @@ __all__ = [
     "check_invariants",
     "decide",
     "gateway_idempotency_key",
+    "next_gateway",
     "pending_effect",
     "reconcile_effects",
     "totals",
@@ -201,6 +202,9 @@ class PaymentState:
     updated_at: int = 0
     attempts: int = 0  # gateway calls issued so far; the next call's attempt number
     seen_notifications: tuple[str, ...] = ()
+    # The gateways this payment may use, in order (core.routing); ``gateway`` is the one in use.
+    # Empty in records written before routing existed: then ``gateway`` alone, no failover.
+    route: tuple[str, ...] = ()
 
     @property
     def pending_refunds(self) -> int:
@@ -282,6 +286,9 @@ class GatewayReply:
     decline_code: str | None = None
     action_url: str | None = None
     message: str | None = None  # failure reason; never card data
+    # RETRYABLE_ERROR only: the call was not made at all (the gateway's circuit is open, or it is
+    # switched off), so nothing was charged and trying this gateway again now is pointless.
+    unavailable: bool = False
 
 
 class NotificationKind(StrEnum):
@@ -543,14 +550,18 @@ _CANCELABLE: Final = frozenset({PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.RE
 _REFUNDABLE: Final = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
-def _create(state: PaymentState | None, command: Command, body: CreatePayment, now: int) -> Decision:
+def _create(
+    state: PaymentState | None, command: Command, body: CreatePayment, now: int, route: tuple[str, ...]
+) -> Decision:
     if state is not None:
         return _reject(state, command, RejectionReason.PAYMENT_ALREADY_EXISTS, "a payment with this id exists")
     if body.payment_method_token is None:
         return _reject(
             state, command, RejectionReason.PAYMENT_METHOD_NOT_FOUND, "the saved payment method could not be resolved"
         )
-    gateway = body.gateway or DEFAULT_GATEWAY
+    if not route:
+        route = (body.gateway or DEFAULT_GATEWAY,)
+    gateway = route[0]
     created = PaymentState(
         payment_id=command.payment_id,
         order_id=body.order_id,
@@ -564,6 +575,7 @@ def _create(state: PaymentState | None, command: Command, body: CreatePayment, n
         payment_method_token=body.payment_method_token,
         created_at=now,
         updated_at=now,
+        route=route,
     )
     new_state, effect = _start(
         created, GatewayOperation.AUTHORIZE, causation_id=command.command_id, amount=body.amount, now=now
@@ -634,7 +646,7 @@ def _refund(state: PaymentState, command: Command, body: RefundPayment, now: int
     return Decision(new_state, (), (effect,), causation_id=command.command_id)
 
 
-def _decide_command(state: PaymentState | None, command: Command, now: int) -> Decision:
+def _decide_command(state: PaymentState | None, command: Command, now: int, route: tuple[str, ...]) -> Decision:
     body = command.body
     if isinstance(body, AddPaymentMethod | RemovePaymentMethod | ErasePaymentMethod):  # core.methods decides these
         return _reject(state, command, RejectionReason.UNSUPPORTED_COMMAND, "not a payment command")
@@ -642,7 +654,7 @@ def _decide_command(state: PaymentState | None, command: Command, now: int) -> D
     if rejection is not None:
         return Decision(state=state, rejection=rejection, causation_id=command.command_id)
     if isinstance(body, CreatePayment):
-        return _create(state, command, body, now)
+        return _create(state, command, body, now, route)
     if state is None:
         return _reject(state, command, RejectionReason.PAYMENT_NOT_FOUND, "no payment with this id")
     if state.payment_id != command.payment_id:
@@ -666,6 +678,7 @@ class _Outcome:
     decline_code: str | None = None
     action_url: str | None = None
     message: str | None = None
+    unavailable: bool = False
 
 
 def _base(state: PaymentState, now: int, gateway_ref: str | None) -> PaymentState:
@@ -812,8 +825,32 @@ def _gateway_refused(state: PaymentState, op: PendingOperation, now: int, causat
     return Decision(restored, (event,), causation_id=causation)
 
 
-def _retry_or_give_up(state: PaymentState, op: PendingOperation, now: int) -> Decision:
-    if op.retries + 1 >= MAX_GATEWAY_ATTEMPTS:
+def next_gateway(state: PaymentState) -> str | None:
+    """The gateway after the one in use on the payment's route (None: the route ends here)."""
+    route = state.route or (state.gateway,)
+    if state.gateway not in route:
+        return None
+    index = route.index(state.gateway)
+    return route[index + 1] if index + 1 < len(route) else None
+
+
+def _retry_or_give_up(state: PaymentState, op: PendingOperation, now: int, *, unavailable: bool = False) -> Decision:
+    """The gateway did nothing ("retry"): a new attempt there, failover, or give up.
+
+    Only this path fails over: the reply guarantees nothing was charged under this key, and
+    every earlier attempt of the operation ended the same way (an unknown outcome stops the
+    operation in ``_unknown``, a decline or an authorization resolves it). An authorization
+    moves to the next gateway of the route once this gateway is used up: MAX_GATEWAY_ATTEMPTS
+    calls, or at once when the call was not even made (circuit open, switched off).
+    """
+    used_up = unavailable or op.retries + 1 >= MAX_GATEWAY_ATTEMPTS
+    if used_up and op.operation is GatewayOperation.AUTHORIZE and (following := next_gateway(state)) is not None:
+        moved = replace(state, gateway=following)
+        new_state, effect = _start(
+            moved, GatewayOperation.AUTHORIZE, causation_id=op.causation_id, amount=op.amount, now=now
+        )
+        return Decision(new_state, (), (effect,), causation_id=op.causation_id)
+    if used_up:
         return _gateway_refused(state, op, now, op.causation_id, "gateway_unavailable")
     new_state, effect = _start(
         state,
@@ -837,7 +874,7 @@ def _resolve(
         if reconciling:
             return _ignore(state, "outcome_still_unknown")
         if status is ReplyStatus.RETRYABLE_ERROR:
-            return _retry_or_give_up(state, op, now)
+            return _retry_or_give_up(state, op, now, unavailable=out.unavailable)
         if status is ReplyStatus.PERMANENT_ERROR:
             return _gateway_refused(state, op, now, causation, out.message or "gateway_error")
         return _unknown(state, op, now, ref)
@@ -915,6 +952,7 @@ def _on_reply(state: PaymentState | None, reply: GatewayReply, now: int) -> Deci
         decline_code=reply.decline_code,
         action_url=reply.action_url,
         message=reply.message,
+        unavailable=reply.unavailable and reply.status is ReplyStatus.RETRYABLE_ERROR,
     )
     return _resolve(state, op, outcome, now, op.causation_id, reconciling=False)
 
@@ -1099,13 +1137,16 @@ def _on_notification(state: PaymentState | None, n: Notification, now: int) -> D
 # --- Entry point ----------------------------------------------------------------------------
 
 
-def decide(state: PaymentState | None, inp: Input, now_ms: int) -> Decision:
+def decide(state: PaymentState | None, inp: Input, now_ms: int, *, route: tuple[str, ...] = ()) -> Decision:
     """The next state, the events to publish and the gateway calls to make, for one input.
 
-    Never raises for any input or state; invalid commands come back as ``rejection``.
+    ``route`` is a new payment's route (``core.routing``: primary gateway first, then the ones
+    it may fail over to), only read for a ``CreatePayment``; empty: the command's gateway (or
+    ``DEFAULT_GATEWAY``) alone. Never raises for any input or state; invalid commands come back
+    as ``rejection``.
     """
     if isinstance(inp, Command):
-        return _decide_command(state, inp, now_ms)
+        return _decide_command(state, inp, now_ms, route)
     if isinstance(inp, GatewayReply):
         return _on_reply(state, inp, now_ms)
     if isinstance(inp, ReconcileResult):

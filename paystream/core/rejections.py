@@ -43,6 +43,8 @@ class RejectionReason(StrEnum):
     PAYMENT_METHOD_REMOVED = "payment_method_removed"  # the saved method was removed or erased
     CUSTOMER_MISMATCH = "customer_mismatch"  # the saved method belongs to another customer
     ENCRYPTION_UNAVAILABLE = "encryption_unavailable"  # no encryption key configured: tokens not stored
+    # Routing (core.routing): the named gateway, or every gateway of the route, is switched off.
+    GATEWAY_UNAVAILABLE = "gateway_unavailable"
     # After acceptance: the gateway refused a capture/cancel (CommandRejected as the result).
     GATEWAY_ERROR = "gateway_error"
 

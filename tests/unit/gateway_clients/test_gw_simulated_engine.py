@@ -147,6 +147,22 @@ def test_5xx_token_charges_nothing_and_replays_the_stored_500() -> None:
     assert lookup.body["status_code"] == 500
 
 
+def test_flaky_token_refuses_n_times_per_key_without_storing_then_approves_once() -> None:
+    engine = SimulatedGatewayEngine()
+    for _ in range(2):
+        refused = _authorize(engine, token="tok_flaky_2", key="k-flaky")
+        assert (refused.status_code, refused.should_retry, refused.replayed) == (503, True, False)
+        assert _error(refused)["code"] == "service_unavailable"
+        assert engine.lookup("k-flaky").status_code == 404  # nothing stored under the key
+    approved = _authorize(engine, token="tok_flaky_2", key="k-flaky")
+    assert approved.status_code == 200 and approved.body["status"] == "succeeded"
+    again = _authorize(engine, token="tok_flaky_2", key="k-flaky")
+    assert again.replayed and _ref(again) == _ref(approved)
+    assert len(engine.ledger()) == 1
+    # Counted per key: another key starts again with refusals.
+    assert _authorize(engine, token="tok_flaky_2", key="k-other").status_code == 503
+
+
 def test_slow_token_approves_with_extra_delay() -> None:
     engine = SimulatedGatewayEngine(SimulatorConfig(slow_ms=750))
     response = _authorize(engine, token="tok_slow")
