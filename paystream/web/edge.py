@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import faust
 import psycopg
-from aiohttp.web import Request
+from aiohttp.web import Request, RequestKey
 from faust.web import Response, View
 from pydantic import BaseModel, ValidationError
 
@@ -66,8 +66,8 @@ GATEWAY_NAMES: Final = ("simulated", "stripe", "paypal", "adyen")
 _PAYLOAD_ERRORS: Final = frozenset({None, "malformed_event", "batch_webhook"})
 _IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PATH_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-_ACTOR_KEY: Final = "paystream_actor"
-_API_KEY: Final = "paystream_api_key"
+_ACTOR_KEY: Final = RequestKey("paystream_actor", str)
+_API_KEY: Final = RequestKey("paystream_api_key", ApiKey)
 _INSTALLED_FLAG: Final = "_paystream_web_installed"
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Response]])
@@ -246,7 +246,7 @@ def actor_of(request: Request) -> str:
 def bound_customer(request: Request) -> str | None:
     """The customer the request's API key is bound to, or ``None`` (any customer)."""
     key = request.get(_API_KEY)
-    return key.customer_id if isinstance(key, ApiKey) else None
+    return key.customer_id if key is not None else None
 
 
 def require_customer(request: Request, customer_id: str) -> None:
