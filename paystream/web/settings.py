@@ -22,7 +22,7 @@ class WebSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore")
 
     api_keys: SecretStr = Field(
-        SecretStr(""),
+        default=SecretStr(""),
         description="API keys of the HTTP edge: key_id:sha256hex[:scopes][@customer_id],... — only the SHA-256 "
         "(hex) of each key; scopes read, write or admin ('+'-joined lists allowed; admin includes write includes "
         "read; none given: admin); @customer_id binds a read or write key to one customer's payments and "
