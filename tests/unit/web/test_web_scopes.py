@@ -1,5 +1,6 @@
 """The scope every endpoint of the edge declares, checked on the real views ``install_web``
-registers on a faust app (not started: every case here is decided before Kafka or Postgres).
+registers on a faust app (not started: every case here is decided before Kafka or Postgres),
+against the scope docs/openapi.yaml documents for the operation.
 
 The live stack versions of these checks are in tests/integration/test_web_edge.py.
 """
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
+import yaml
 from aiohttp.test_utils import make_mocked_request
 
 from paystream.config import Settings
@@ -21,21 +24,44 @@ from paystream.web.auth import hash_key, parse_api_keys
 SPEC = ",".join([f"reader:{hash_key('k-read')}:read", f"writer:{hash_key('k-write')}:write",
                  f"boss:{hash_key('k-admin')}", f"shop:{hash_key('k-bound')}:read+write@cus_1"])
 
-#: (method, path template, path kwargs) of every endpoint that needs the write scope
-WRITES = [
-    ("post", "/payments", {}),
-    ("post", "/payments/{payment_id}/capture", {"payment_id": "pay_1"}),
-    ("post", "/payments/{payment_id}/cancel", {"payment_id": "pay_1"}),
-    ("post", "/payments/{payment_id}/refunds", {"payment_id": "pay_1"}),
-    ("post", "/customers/{customer_id}/payment-methods", {"customer_id": "cus_1"}),
-    ("delete", "/customers/{customer_id}/payment-methods/{method_id}", {"customer_id": "cus_1", "method_id": "pm_1"}),
-]
-READS = [
-    ("get", "/payments", {}),
-    ("get", "/payments/{payment_id}", {"payment_id": "pay_1"}),
-    ("get", "/payments/{payment_id}/history", {"payment_id": "pay_1"}),
-    ("get", "/customers/{customer_id}/payment-methods", {"customer_id": "cus_1"}),
-]
+OPENAPI = yaml.safe_load((Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml").read_text())
+#: path parameters named differently in docs/openapi.yaml and in the views
+VIEW_PARAMS = {"payment_method_id": "method_id"}
+SAMPLES = {"payment_id": "pay_1", "customer_id": "cus_1", "method_id": "pm_1"}
+
+
+def documented() -> list[tuple[str, str, dict[str, str], str]]:
+    """(method, view path template, path kwargs, scope) of every operation docs/openapi.yaml
+    documents with an API key."""
+    found = []
+    for path, item in OPENAPI["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            security = op.get("security", OPENAPI["security"])
+            if not security:
+                continue
+            [requirement] = security
+            [scope] = requirement["apiKey"]
+            template = path
+            for doc_name, view_name in VIEW_PARAMS.items():
+                template = template.replace("{" + doc_name + "}", "{" + view_name + "}")
+            kwargs = {name: SAMPLES[name] for name in SAMPLES if "{" + name + "}" in template}
+            found.append((method, template, kwargs, scope))
+    return found
+
+
+DOCUMENTED = documented()
+WRITES = [(m, t, k) for m, t, k, scope in DOCUMENTED if scope == "write"]
+READS = [(m, t, k) for m, t, k, scope in DOCUMENTED if scope == "read"]
+
+
+def test_openapi_documents_a_scope_for_every_keyed_view() -> None:
+    assert {scope for *_, scope in DOCUMENTED} == {"read", "write"}
+    assert len(WRITES) == 6 and len(READS) == 4
+    assert all(m == "get" for m, _, _ in READS) and all(m in ("post", "delete") for m, _, _ in WRITES)
+    views = {path for path in Edge().app.web.views if path not in ("/health", "/ready", "/webhooks/{gateway}")}
+    assert views == {t for _, t, _, _ in DOCUMENTED}
 
 
 class Edge:
@@ -78,7 +104,7 @@ def test_read_key_on_a_command_is_403_with_the_required_scope(edge: Edge, method
                                                                kwargs: dict[str, str]) -> None:
     edge.audits.clear()
     status, body = edge.call(method, template, kwargs, "k-read")
-    assert status == 403
+    assert status == 403, (method, template, body)
     assert body["error"] == "forbidden" and body["required_scope"] == "write" and body["key_scope"] == "read"
     [(actor, _, resource, outcome, _, detail)] = edge.audits
     assert (actor, resource, outcome) == ("reader", template.format(**kwargs), "rejected")
