@@ -325,6 +325,15 @@ def path_id(name: str, value: str) -> str:
     return value
 
 
+def filter_id(name: str, value: str) -> str:
+    """A query-string id: like ``path_id`` but a malformed one is 400 ``invalid_filter``, not 404."""
+    if find_pan(value):
+        raise HttpError(400, "sensitive_data_rejected", fields=[f"query:{name}"])
+    if not _PATH_ID.match(value):
+        raise HttpError(400, "invalid_filter", detail=f"{name}: 1-128 of A-Z a-z 0-9 _ . : -")
+    return value
+
+
 def built(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return call()
@@ -482,7 +491,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
                 raise HttpError(400, "filter_required", detail="give order_id or customer_id")
             for name, value in (("order_id", order_id), ("customer_id", customer_id)):
                 if value is not None:
-                    path_id(name, value)
+                    filter_id(name, value)
             if bound is not None:  # a bound key lists only its customer's payments, also by order
                 if customer_id is not None:
                     require_customer(request, customer_id)
