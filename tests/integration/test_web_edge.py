@@ -276,8 +276,9 @@ def read_calls(pid: str, order_id: str, customer: str) -> list[str]:
             f"/customers/{customer}/payment-methods"]
 
 
-def audit_records(stack_env: dict[str, str], actor: str, wanted: Any, timeout: float = 30) -> list[Any]:
-    """The HTTP audit records of ``actor`` on the audit topic, once ``wanted(records)`` holds."""
+def audit_records(stack_env: dict[str, str], actor: str, since_ms: int, wanted: Any, timeout: float = 30) -> list[Any]:
+    """The HTTP audit records of ``actor`` since ``since_ms`` on the audit topic (the stack keeps
+    earlier sessions' records), once ``wanted(records)`` holds."""
     topic = topics.audit("paystream")
     consumer = Consumer({"bootstrap.servers": stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], "group.id": f"t-{uuid.uuid4()}",
                          "enable.auto.commit": False})
@@ -292,7 +293,7 @@ def audit_records(stack_env: dict[str, str], actor: str, wanted: Any, timeout: f
                 if msg.error() is None:
                     raw.append(msg.value())
                     record = decode_record(msg.value())
-                    if record.actor == actor:
+                    if record.actor == actor and record.occurred_at >= since_ms:
                         found.append(record)
             if wanted(found):
                 break
@@ -304,6 +305,7 @@ def audit_records(stack_env: dict[str, str], actor: str, wanted: Any, timeout: f
 
 
 def test_every_endpoint_needs_a_key_and_its_scope(edge: EdgeWorker, stack_env: dict[str, str]) -> None:
+    started = time.time_ns() // 1_000_000
     with edge.client() as admin, edge.client(API_KEY_READ) as reader, edge.client(API_KEY_WRITE) as writer, \
             edge.client(key=None) as nobody:
         pid, body = manual_payment(admin)
@@ -340,9 +342,11 @@ def test_every_endpoint_needs_a_key_and_its_scope(edge: EdgeWorker, stack_env: d
         assert writer.delete(f"/customers/cus_web/payment-methods/{method_id}").status_code == 202
         wait_status(writer, pid, {"partially_refunded"})
 
-    denied = audit_records(stack_env, "itest-read", lambda rs: sum(r.detail.get("status") == 403 for r in rs) >= 6)
-    forbidden = [r for r in denied if r.detail.get("status") == 403]
-    assert len(forbidden) >= 6
+    def refusals(records: list[Any]) -> list[Any]:
+        return [r for r in records if r.detail.get("status") == 403]
+
+    forbidden = refusals(audit_records(stack_env, "itest-read", started, lambda rs: len(refusals(rs)) >= 6))
+    assert len(forbidden) == 6
     assert {r.action for r in forbidden} == {"payment.create", "payment.capture", "payment.cancel", "payment.refund",
                                              "payment_method.add", "payment_method.remove"}
     assert all(r.outcome == "rejected" and r.detail["denied"] == "insufficient_scope"
@@ -350,6 +354,7 @@ def test_every_endpoint_needs_a_key_and_its_scope(edge: EdgeWorker, stack_env: d
 
 
 def test_customer_bound_key_sees_and_commands_only_its_customer(edge: EdgeWorker, stack_env: dict[str, str]) -> None:
+    started = time.time_ns() // 1_000_000
     with edge.client() as admin, edge.client(API_KEY_BOUND) as bound:
         foreign, foreign_body = manual_payment(admin, "cus_web")
         own, own_body = manual_payment(bound, BOUND_CUSTOMER)
@@ -399,7 +404,7 @@ def test_customer_bound_key_sees_and_commands_only_its_customer(edge: EdgeWorker
     def mismatches(records: list[Any]) -> list[Any]:
         return [r for r in records if str(r.detail.get("denied", "")).startswith("customer_mismatch")]
 
-    denied = mismatches(audit_records(stack_env, "itest-bound", lambda rs: len(mismatches(rs)) >= 10))
-    assert len(denied) >= 10
+    denied = mismatches(audit_records(stack_env, "itest-bound", started, lambda rs: len(mismatches(rs)) >= 10))
+    assert len(denied) == 10
     assert {r.resource for r in denied} >= {f"payment:{foreign}", "customer:cus_web"}
     assert all(r.outcome == "rejected" for r in denied)
