@@ -30,6 +30,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 API_KEY = os.environ.setdefault("PAYSTREAM_TEST_API_KEY", "itest-" + uuid.uuid4().hex)  # session worker key "itest"
+# More keys of the session worker, by scope (tests/integration/test_web_edge.py): "itest" above has no
+# scope list (admin, as keys configured before scopes); a read-only and a write key; a key bound to
+# the customer BOUND_CUSTOMER.
+# (in the environment like API_KEY: a test module importing tests.conftest runs it a second time)
+API_KEY_READ = os.environ.setdefault("PAYSTREAM_TEST_API_KEY_READ", "itest-read-" + uuid.uuid4().hex)
+API_KEY_WRITE = os.environ.setdefault("PAYSTREAM_TEST_API_KEY_WRITE", "itest-write-" + uuid.uuid4().hex)
+API_KEY_BOUND = os.environ.setdefault("PAYSTREAM_TEST_API_KEY_BOUND", "itest-bound-" + uuid.uuid4().hex)
+BOUND_CUSTOMER = os.environ.setdefault("PAYSTREAM_TEST_BOUND_CUSTOMER", "cus_bound_" + uuid.uuid4().hex[:8])
+
+
+def _sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+API_KEYS_SPEC = ",".join([f"itest:{_sha(API_KEY)}", f"itest-read:{_sha(API_KEY_READ)}:read",
+                          f"itest-write:{_sha(API_KEY_WRITE)}:write",
+                          f"itest-bound:{_sha(API_KEY_BOUND)}:read+write@{BOUND_CUSTOMER}"])
 
 
 def free_port() -> int:
@@ -113,7 +130,7 @@ def worker(stack_env: dict[str, str], producer: OrderServiceProducer,
     tmp = tmp_path_factory.mktemp("worker")
     port = free_port()
     env = {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(tmp / "data"), "PAYSTREAM_WEB_PORT": str(port),
-           "PAYSTREAM_API_KEYS": f"itest:{hashlib.sha256(API_KEY.encode()).hexdigest()}", "PYTHONUNBUFFERED": "1",
+           "PAYSTREAM_API_KEYS": API_KEYS_SPEC, "PYTHONUNBUFFERED": "1",
            "PAYSTREAM_GATEWAY_TIMEOUT_S": "5",
            # Routing as config/routing.yaml plus one rule for test_gateway_routing.py; a short breaker
            # cool-down so a circuit that test opens is closed again before the next test.

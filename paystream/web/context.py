@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway_clients.protocol import PaymentGateway
 from paystream.config import Settings
-from paystream.web.auth import parse_api_keys
+from paystream.web.auth import ApiKey, parse_api_keys
 from paystream.web.settings import WebSettings
 from streams.avro import AvroCodec
 
@@ -35,10 +35,10 @@ class WebContext:
     payments_table: Any  # faust Table: payment_id -> PaymentRecord JSON
     postgres_dsn: str
     audit: AuditHook = log_audit
-    api_keys: Mapping[str, bytes] | None = None  # None: read PAYSTREAM_API_KEYS
+    api_keys: Mapping[str, ApiKey] | None = None  # None: read PAYSTREAM_API_KEYS
     web_settings: WebSettings = field(default_factory=WebSettings)
 
-    def resolved_api_keys(self) -> Mapping[str, bytes]:
+    def resolved_api_keys(self) -> Mapping[str, ApiKey]:
         if self.api_keys is not None:
             return self.api_keys
         return parse_api_keys(self.web_settings.api_keys.get_secret_value())

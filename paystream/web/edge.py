@@ -11,6 +11,12 @@
   ``payment.requests``; the ``Idempotency-Key`` header is the command id.
 * ``/health`` and ``/ready`` for the orchestrator.
 
+Every other endpoint but the webhooks needs an API key (401 without one) holding the scope the
+endpoint declares (``read`` for queries, ``write`` for commands; 403 otherwise). A key bound to
+a customer only sees and commands that customer's data: another customer's payment answers 404,
+exactly like a payment that does not exist; a customer id in the path, query or body that is
+not the key's answers 403.
+
 Sends from here use the plain (non-transactional) producer on purpose: with exactly_once,
 faust's ``topic.send`` would join the open transaction of the destination partition's group,
 which only the worker owning that partition has, and which a later abort would roll back.
@@ -27,16 +33,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import wraps
 from typing import Any, Final, TypeVar
 
+import aiohttp
 import faust
 import psycopg
-from aiohttp.web import Request
+from aiohttp.web import Request, RequestKey
 from faust.web import Response, View
 from pydantic import BaseModel, ValidationError
 
 from gateway_clients.protocol import GatewayNotification, InvalidWebhookError, PaymentGateway
 from paystream.core.sensitive import find_pan
 from paystream.web import mapping
-from paystream.web.auth import authenticate
+from paystream.web.auth import ApiKey, Scope, authenticate
 from paystream.web.context import WebContext
 from paystream.web.models import (
     AddPaymentMethodRequest,
@@ -59,7 +66,8 @@ GATEWAY_NAMES: Final = ("simulated", "stripe", "paypal", "adyen")
 _PAYLOAD_ERRORS: Final = frozenset({None, "malformed_event", "batch_webhook"})
 _IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PATH_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-_ACTOR_KEY: Final = "paystream_actor"
+_ACTOR_KEY: Final = RequestKey("paystream_actor", str)
+_API_KEY: Final = RequestKey("paystream_api_key", ApiKey)
 _INSTALLED_FLAG: Final = "_paystream_web_installed"
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Response]])
@@ -74,13 +82,21 @@ class HttpError(Exception):
     """Answer with ``status`` and a JSON ``{"error": reason, ...}``; audited as rejected."""
 
     def __init__(self, status: int, reason: str, *, headers: Mapping[str, str] | None = None,
-                 resource: str | None = None, **extra: Any) -> None:
+                 resource: str | None = None, audit_detail: Mapping[str, Any] | None = None,
+                 **extra: Any) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = dict(headers or {})
         self.resource = resource
+        self.audit_detail = dict(audit_detail or {})  # recorded in the audit, never sent
         self.body: dict[str, Any] = {"error": reason, **extra}
+
+
+def forbidden_scope(required: Scope, key: ApiKey) -> HttpError:
+    return HttpError(403, "forbidden", required_scope=required.label, key_scope=key.scope.label,
+                     detail=f"this API key lacks the {required.label} scope",
+                     audit_detail={"denied": "insufficient_scope"})
 
 
 class Edge:
@@ -104,28 +120,36 @@ class Edge:
         except Exception:  # the audit hook must never break the request it records
             log.exception("audit hook failed for %s %s", action, resource)
 
-    def endpoint(self, action: str, *, authenticated: bool = True) -> Callable[[Handler], Handler]:
-        """Wrap a view method: API-key check (unless a webhook/probe), ``HttpError`` → JSON, audit."""
+    def endpoint(self, action: str, *, scope: Scope | None) -> Callable[[Handler], Handler]:
+        """Wrap a view method: API key holding ``scope`` (401/403), ``HttpError`` → JSON, audit.
+
+        ``scope=None``: no API key at all (webhooks, which their signature authenticates).
+        """
 
         def decorate(fun: Handler) -> Handler:
             @wraps(fun)
             async def handler(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
                 origin = origin_of(request)
-                actor = f"gateway:{kwargs.get('gateway', '?')}" if not authenticated else "anonymous"
-                if authenticated:
-                    key_id = authenticate(request.headers.get("Authorization"), self.keys)
-                    if key_id is None:
-                        self.audit(actor, action, request.path, "rejected", origin,
-                                   {"status": 401, "reason": "unauthenticated"})
-                        return view.json({"error": "unauthenticated"}, status=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="paystream"'})
-                    actor = key_id
-                    request[_ACTOR_KEY] = key_id
+                actor = f"gateway:{kwargs.get('gateway', '?')}" if scope is None else "anonymous"
                 try:
+                    if scope is not None:
+                        key = authenticate(request.headers.get("Authorization"), self.keys)
+                        if key is None:
+                            self.audit(actor, action, request.path, "rejected", origin,
+                                       {"status": 401, "reason": "unauthenticated"})
+                            return view.json({"error": "unauthenticated"}, status=401,
+                                             headers={"WWW-Authenticate": 'Bearer realm="paystream"'})
+                        actor = key.key_id
+                        request[_ACTOR_KEY] = key.key_id
+                        request[_API_KEY] = key
+                        if not key.allows(scope):
+                            raise forbidden_scope(scope, key)
                     return await fun(view, request, *args, **kwargs)
                 except HttpError as exc:
                     detail = {"status": exc.status, "reason": exc.reason}
-                    detail.update({k: v for k, v in exc.body.items() if k in ("reason_code", "fields")})
+                    detail.update({k: v for k, v in exc.body.items()
+                                   if k in ("reason_code", "fields", "required_scope", "key_scope")})
+                    detail.update(exc.audit_detail)
                     self.audit(actor, action, exc.resource or request.path, "rejected", origin, detail)
                     return view.json(exc.body, status=exc.status, headers=exc.headers or None)
 
@@ -157,6 +181,47 @@ class Edge:
     async def send_command(self, payment_id: str, record: Mapping[str, Any]) -> None:
         await self.produce(topics.REQUESTS, payment_id, self.encode(topics.REQUESTS, record))
 
+    # --- customer-bound keys ------------------------------------------------------------
+
+    async def live_customer(self, request: Request, payment_id: str) -> str | None:
+        """The customer of a payment in the live ``payments`` table (``None``: no such payment).
+
+        Read here when this worker owns the payment's partition, else asked of the owner with
+        ``GET /payments/{id}`` under the caller's own key, which answers 404 for a payment the
+        key may not see.
+        """
+        table = self.ctx.payments_table
+        try:
+            dest = self.app.router.key_store(table.name, payment_id)
+        except KeyError:
+            raise HttpError(503, "partition_unavailable", headers={"Retry-After": "5"}) from None
+        if _node(dest) == _node(self.app.conf.canonical_url):
+            view = mapping.payment_view(payment_id, table.get(payment_id))
+            return None if view is None else view.get("customer_id")
+        url = request.url.with_host(dest.host or "").with_port(dest.port).with_path(
+            f"/payments/{payment_id}").with_query(None)
+        try:
+            async with self.app.http_client.get(
+                    url, headers={"Authorization": request.headers.get("Authorization", "")}) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status == 200:
+                    customer = (await resp.json()).get("customer_id")
+                    return customer if isinstance(customer, str) else None
+                log.warning("ownership check of a payment at %s answered %d", dest, resp.status)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            log.warning("ownership check of a payment at %s failed: %s", dest, type(exc).__name__)
+        raise HttpError(503, "owner_unavailable", headers={"Retry-After": "5"})
+
+    async def require_own_payment(self, request: Request, payment_id: str) -> None:
+        """For a customer-bound key: 404 unless the live payment is the key's customer's."""
+        bound = bound_customer(request)
+        if bound is None:
+            return
+        if await self.live_customer(request, payment_id) != bound:
+            raise HttpError(404, "payment_not_found", resource=f"payment:{payment_id}",
+                            audit_detail={"denied": "customer_mismatch_or_unknown"})
+
     # --- Postgres -----------------------------------------------------------------------
 
     async def query(self, call: Awaitable[Any]) -> Any:
@@ -176,6 +241,27 @@ def origin_of(request: Request) -> str:
 
 def actor_of(request: Request) -> str:
     return str(request.get(_ACTOR_KEY, "anonymous"))
+
+
+def bound_customer(request: Request) -> str | None:
+    """The customer the request's API key is bound to, or ``None`` (any customer)."""
+    key = request.get(_API_KEY)
+    return key.customer_id if key is not None else None
+
+
+def require_customer(request: Request, customer_id: str) -> None:
+    """403 when the key is bound to a customer other than ``customer_id`` (the same answer
+    whether that customer exists or not)."""
+    bound = bound_customer(request)
+    if bound is not None and customer_id != bound:
+        raise HttpError(403, "forbidden", resource=f"customer:{customer_id}",
+                        detail="this API key is bound to another customer",
+                        audit_detail={"denied": "customer_mismatch"})
+
+
+def _node(url: Any) -> tuple[str, int]:
+    """(host, port) of a worker URL, as faust's router compares them."""
+    return ((url.host if url.scheme else url.path) or "", int(url.port or 80))
 
 
 def reject_card_data(obj: object) -> None:
@@ -236,6 +322,15 @@ def path_id(name: str, value: str) -> str:
         raise HttpError(400, "sensitive_data_rejected", fields=[f"path:{name}"])
     if not _PATH_ID.match(value):
         raise HttpError(404, "not_found")
+    return value
+
+
+def filter_id(name: str, value: str) -> str:
+    """A query-string id: like ``path_id`` but a malformed one is 400 ``invalid_filter``, not 404."""
+    if find_pan(value):
+        raise HttpError(400, "sensitive_data_rejected", fields=[f"query:{name}"])
+    if not _PATH_ID.match(value):
+        raise HttpError(400, "invalid_filter", detail=f"{name}: 1-128 of A-Z a-z 0-9 _ . : -")
     return value
 
 
@@ -308,7 +403,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/webhooks/{gateway}")
     class Webhooks(View):
-        @edge.endpoint("webhook.receive", authenticated=False)
+        @edge.endpoint("webhook.receive", scope=None)
         async def post(self, request: Request, gateway: str) -> Response:
             return await receive_webhook(self, request, gateway)
 
@@ -370,7 +465,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/payments/{payment_id}")
     class Payment(View):
-        @edge.endpoint("payment.read")
+        @edge.endpoint("payment.read", scope=Scope.READ)
         @app.table_route(table=table, match_info="payment_id")  # type: ignore[arg-type]
         async def get(self, request: Request, payment_id: str) -> Response:
             path_id("payment_id", payment_id)
@@ -378,32 +473,42 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
             resource = f"payment:{payment_id}"
             if view is None:
                 raise HttpError(404, "payment_not_found", resource=resource)
+            bound = bound_customer(request)
+            if bound is not None and view.get("customer_id") != bound:  # as if it did not exist
+                raise HttpError(404, "payment_not_found", resource=resource,
+                                audit_detail={"denied": "customer_mismatch"})
             edge.audit(actor_of(request), "payment.read", resource, "ok", origin_of(request), {})
             return self.json(view)
 
     @app.page("/payments")
     class Payments(View):
-        @edge.endpoint("payment.list")
+        @edge.endpoint("payment.list", scope=Scope.READ)
         async def get(self, request: Request) -> Response:
             query = request.query
             order_id, customer_id = query.get("order_id"), query.get("customer_id")
-            if order_id is None and customer_id is None:
+            bound = bound_customer(request)
+            if order_id is None and customer_id is None and bound is None:
                 raise HttpError(400, "filter_required", detail="give order_id or customer_id")
             for name, value in (("order_id", order_id), ("customer_id", customer_id)):
                 if value is not None:
-                    path_id(name, value)
+                    filter_id(name, value)
+            if bound is not None:  # a bound key lists only its customer's payments, also by order
+                if customer_id is not None:
+                    require_customer(request, customer_id)
+                customer_id = bound
             rows = await edge.query(edge.queries.payments_by(order_id=order_id, customer_id=customer_id,
                                                              limit=_limit(request)))
             resource = f"order:{order_id}" if order_id else f"customer:{customer_id}"
             edge.audit(actor_of(request), "payment.list", resource, "ok", origin_of(request), {"count": len(rows)})
             return self.json({"payments": rows})
 
-        @edge.endpoint("payment.create")
+        @edge.endpoint("payment.create", scope=Scope.WRITE)
         async def post(self, request: Request) -> Response:
             key = idempotency_key(request)
             assert key is not None
             body = await read_json(request, allow_empty=False)
             req = parse(CreatePaymentRequest, body)
+            require_customer(request, req.customer_id)
             actor = actor_of(request)
             payment_id = mapping.derived_id("pay", actor, key)
             record = built(lambda: mapping.create_payment_command(
@@ -416,10 +521,14 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/payments/{payment_id}/history")
     class History(View):
-        @edge.endpoint("payment.history")
+        @edge.endpoint("payment.history", scope=Scope.READ)
         async def get(self, request: Request, payment_id: str) -> Response:
             path_id("payment_id", payment_id)
             resource = f"payment:{payment_id}"
+            bound = bound_customer(request)
+            if bound is not None and await edge.query(edge.queries.payment_customer(payment_id)) != bound:
+                raise HttpError(404, "payment_not_found", resource=resource,
+                                audit_detail={"denied": "customer_mismatch_or_unknown"})
             events = await edge.query(edge.queries.history(payment_id))
             if not events:
                 raise HttpError(404, "payment_not_found", resource=resource)
@@ -436,6 +545,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
         assert key is not None
         body = await read_json(request, allow_empty=True)
         req = parse(model, body)
+        await edge.require_own_payment(request, payment_id)
         actor = actor_of(request)
         record = built(lambda: build(actor, key, req))
         await edge.send_command(payment_id, record)
@@ -450,7 +560,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/payments/{payment_id}/capture")
     class Capture(View):
-        @edge.endpoint("payment.capture")
+        @edge.endpoint("payment.capture", scope=Scope.WRITE)
         async def post(self, request: Request, payment_id: str) -> Response:
             return await payment_command(
                 self, request, payment_id, "payment.capture",
@@ -460,7 +570,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/payments/{payment_id}/cancel")
     class Cancel(View):
-        @edge.endpoint("payment.cancel")
+        @edge.endpoint("payment.cancel", scope=Scope.WRITE)
         async def post(self, request: Request, payment_id: str) -> Response:
             return await payment_command(
                 self, request, payment_id, "payment.cancel",
@@ -470,7 +580,7 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/payments/{payment_id}/refunds")
     class Refunds(View):
-        @edge.endpoint("payment.refund")
+        @edge.endpoint("payment.refund", scope=Scope.WRITE)
         async def post(self, request: Request, payment_id: str) -> Response:
             return await payment_command(
                 self, request, payment_id, "payment.refund",
@@ -481,17 +591,19 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/customers/{customer_id}/payment-methods")
     class PaymentMethods(View):
-        @edge.endpoint("payment_method.list")
+        @edge.endpoint("payment_method.list", scope=Scope.READ)
         async def get(self, request: Request, customer_id: str) -> Response:
             path_id("customer_id", customer_id)
+            require_customer(request, customer_id)
             methods = await edge.query(edge.queries.payment_methods(customer_id))
             edge.audit(actor_of(request), "payment_method.list", f"customer:{customer_id}", "ok", origin_of(request),
                        {"count": len(methods)})
             return self.json({"customer_id": customer_id, "payment_methods": methods})
 
-        @edge.endpoint("payment_method.add")
+        @edge.endpoint("payment_method.add", scope=Scope.WRITE)
         async def post(self, request: Request, customer_id: str) -> Response:
             path_id("customer_id", customer_id)
+            require_customer(request, customer_id)
             key = idempotency_key(request)
             assert key is not None
             req = parse(AddPaymentMethodRequest, await read_json(request, allow_empty=False))
@@ -507,10 +619,11 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
 
     @app.page("/customers/{customer_id}/payment-methods/{method_id}")
     class PaymentMethod(View):
-        @edge.endpoint("payment_method.remove")
+        @edge.endpoint("payment_method.remove", scope=Scope.WRITE)
         async def delete(self, request: Request, customer_id: str, method_id: str) -> Response:
             path_id("customer_id", customer_id)
             path_id("method_id", method_id)
+            require_customer(request, customer_id)
             actor = actor_of(request)
             key = idempotency_key(request, required=False) or mapping.derived_id("rm", customer_id, method_id)
             record = built(lambda: mapping.remove_method_command(

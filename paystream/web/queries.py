@@ -119,6 +119,13 @@ class Queries:
             methods.append(_without_secrets(data))
         return methods
 
+    async def payment_customer(self, payment_id: str) -> str | None:
+        """The customer of a stored payment, or ``None`` (unknown to the sink, or no customer)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT customer_id FROM payments WHERE payment_id = %s", [payment_id])
+            row = await cur.fetchone()
+        return str(row["customer_id"]) if row and row["customer_id"] is not None else None
+
     async def payment_id_by_gateway_ref(self, gateway: str, gateway_ref: str) -> str | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute(

@@ -2,8 +2,10 @@
 
 Read from the environment with the same ``PAYSTREAM_`` prefix:
 
-* ``PAYSTREAM_API_KEYS``: ``key_id:sha256hex[,key_id2:sha256hex]`` — the SHA-256 (hex) of each
-  API key, never the key itself.
+* ``PAYSTREAM_API_KEYS``: ``key_id:sha256hex[:scopes][@customer_id],...`` — the SHA-256 (hex)
+  of each API key, never the key itself, with its scope (``read`` < ``write`` < ``admin``;
+  none given: ``admin``) and optionally the one customer it is bound to (see
+  ``paystream/web/auth.py``).
 * Webhook secrets per gateway (comma-separated lists allow rotation):
   ``PAYSTREAM_SIMGW_WEBHOOK_SECRETS``, ``PAYSTREAM_STRIPE_WEBHOOK_SECRETS``,
   ``PAYSTREAM_PAYPAL_CLIENT_ID``/``_CLIENT_SECRET``/``_WEBHOOK_ID``/``_API_BASE``,
@@ -12,14 +14,20 @@ Read from the environment with the same ``PAYSTREAM_`` prefix:
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class WebSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore")
 
-    api_keys: SecretStr = SecretStr("")
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="API keys of the HTTP edge: key_id:sha256hex[:scopes][@customer_id],... — only the SHA-256 "
+        "(hex) of each key; scopes read, write or admin ('+'-joined lists allowed; admin includes write includes "
+        "read; none given: admin); @customer_id binds a read or write key to one customer's payments and "
+        "methods. Empty: every authenticated endpoint answers 401",
+    )
     simgw_webhook_secrets: SecretStr | None = None
     stripe_webhook_secrets: SecretStr | None = None
     stripe_return_url: str | None = None

@@ -7,6 +7,7 @@ local stack's simulated-gateway webhook secret.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -17,11 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from gateway_clients.simulated.webhooks import sign_payload
 from paystream import stack
+from paystream.security.audit import decode_record
 from paystream.web.mapping import derived_id
-from tests.conftest import API_KEY
+from streams import topics
+from tests.conftest import API_KEY, API_KEY_BOUND, API_KEY_READ, API_KEY_WRITE, BOUND_CUSTOMER
 from tests.support.kafka_tools import WEBHOOKS, Collector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,3 +227,184 @@ def test_signed_webhook_completes_a_3ds_payment_and_forged_is_refused(edge: Edge
         assert record["amount"] == 2500 and record["gateway"] == "simulated"
     finally:
         webhooks.close()
+
+
+# --- scoped and customer-bound API keys -------------------------------------------------------------
+
+
+def wait_history(c: httpx.Client, payment_id: str, timeout: float = 60) -> httpx.Response:
+    """``GET /payments/{id}/history`` once the sink has stored the payment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = c.get(f"/payments/{payment_id}/history")
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
+
+
+def idem() -> dict[str, str]:
+    return {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
+
+
+def manual_payment(c: httpx.Client, customer: str = "cus_web") -> tuple[str, dict[str, Any]]:
+    body = create_body(capture_method="manual", customer_id=customer)
+    r = c.post("/payments", json=body, headers=idem())
+    assert r.status_code == 202, r.text
+    pid = r.json()["payment_id"]
+    wait_status(c, pid, {"requires_capture"})
+    return pid, body
+
+
+def method_body() -> dict[str, Any]:
+    return {"gateway": "simulated", "gateway_token": "tok_visa", "brand": "visa", "last4": "4242"}
+
+
+def write_calls(pid: str, customer: str) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """(method, path, JSON body) of every command endpoint."""
+    return [
+        ("POST", "/payments", create_body(customer_id=customer)),
+        ("POST", f"/payments/{pid}/capture", {}),
+        ("POST", f"/payments/{pid}/cancel", {}),
+        ("POST", f"/payments/{pid}/refunds", {}),
+        ("POST", f"/customers/{customer}/payment-methods", method_body()),
+        ("DELETE", f"/customers/{customer}/payment-methods/pm_{uuid.uuid4().hex}", None),
+    ]
+
+
+def read_calls(pid: str, order_id: str, customer: str) -> list[str]:
+    return [f"/payments/{pid}", f"/payments?order_id={order_id}", f"/payments/{pid}/history",
+            f"/customers/{customer}/payment-methods"]
+
+
+def audit_records(stack_env: dict[str, str], actor: str, since_ms: int, wanted: Any, timeout: float = 30) -> list[Any]:
+    """The HTTP audit records of ``actor`` since ``since_ms`` on the audit topic (the stack keeps
+    earlier sessions' records), once ``wanted(records)`` holds."""
+    topic = topics.audit("paystream")
+    consumer = Consumer({"bootstrap.servers": stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], "group.id": f"t-{uuid.uuid4()}",
+                         "enable.auto.commit": False})
+    found: list[Any] = []
+    raw: list[bytes] = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(500, 1.0):
+                if msg.error() is None:
+                    raw.append(msg.value())
+                    record = decode_record(msg.value())
+                    if record.actor == actor and record.occurred_at >= since_ms:
+                        found.append(record)
+            if wanted(found):
+                break
+    finally:
+        consumer.close()
+    for key in (API_KEY, API_KEY_READ, API_KEY_WRITE, API_KEY_BOUND):  # neither keys nor their digests
+        assert not any(key.encode() in r or hashlib.sha256(key.encode()).hexdigest().encode() in r for r in raw)
+    return found
+
+
+def test_every_endpoint_needs_a_key_and_its_scope(edge: EdgeWorker, stack_env: dict[str, str]) -> None:
+    started = time.time_ns() // 1_000_000
+    with edge.client() as admin, edge.client(API_KEY_READ) as reader, edge.client(API_KEY_WRITE) as writer, \
+            edge.client(key=None) as nobody:
+        pid, body = manual_payment(admin)
+        for method, path, payload in write_calls(pid, "cus_web"):
+            r = nobody.request(method, path, json=payload, headers=idem())
+            assert r.status_code == 401 and r.json() == {"error": "unauthenticated"}, (method, path, r.text)
+            r = reader.request(method, path, json=payload, headers=idem())
+            assert r.status_code == 403, (method, path, r.text)
+            answer = r.json()
+            assert (answer["error"], answer["required_scope"], answer["key_scope"]) == ("forbidden", "write", "read")
+        for path in read_calls(pid, body["order_id"], "cus_web"):
+            assert nobody.get(path).status_code == 401, path
+        time.sleep(1.0)
+        assert admin.get(f"/payments/{pid}").json()["status"] == "requires_capture"  # the 403 capture did nothing
+
+        assert wait_history(reader, pid).status_code == 200
+        for path in read_calls(pid, body["order_id"], "cus_web"):
+            r = reader.get(path)
+            assert r.status_code == 200, (path, r.text)
+        assert reader.get(f"/payments/{pid}").json()["customer_id"] == "cus_web"
+        assert writer.get(f"/payments/{pid}").status_code == 200  # write includes read
+
+        r = writer.post(f"/payments/{pid}/capture", json={}, headers=idem())
+        assert r.status_code == 202, r.text
+        assert wait_status(writer, pid, {"succeeded"})["captured"] == body["amount"]
+        r = writer.post(f"/payments/{pid}/refunds", json={"amount": 100}, headers=idem())
+        assert r.status_code == 202 and r.json()["refund_id"], r.text
+        other, _ = manual_payment(writer)
+        assert writer.post(f"/payments/{other}/cancel", json={}, headers=idem()).status_code == 202
+        wait_status(writer, other, {"canceled"})
+        added = writer.post("/customers/cus_web/payment-methods", json=method_body(), headers=idem())
+        assert added.status_code == 202, added.text
+        method_id = added.json()["payment_method_id"]
+        assert writer.delete(f"/customers/cus_web/payment-methods/{method_id}").status_code == 202
+        wait_status(writer, pid, {"partially_refunded"})
+
+    def refusals(records: list[Any]) -> list[Any]:
+        return [r for r in records if r.detail.get("status") == 403]
+
+    forbidden = refusals(audit_records(stack_env, "itest-read", started, lambda rs: len(refusals(rs)) >= 6))
+    assert len(forbidden) == 6
+    assert {r.action for r in forbidden} == {"payment.create", "payment.capture", "payment.cancel", "payment.refund",
+                                             "payment_method.add", "payment_method.remove"}
+    assert all(r.outcome == "rejected" and r.detail["denied"] == "insufficient_scope"
+               and r.detail["required_scope"] == "write" for r in forbidden)
+
+
+def test_customer_bound_key_sees_and_commands_only_its_customer(edge: EdgeWorker, stack_env: dict[str, str]) -> None:
+    started = time.time_ns() // 1_000_000
+    with edge.client() as admin, edge.client(API_KEY_BOUND) as bound:
+        foreign, foreign_body = manual_payment(admin, "cus_web")
+        own, own_body = manual_payment(bound, BOUND_CUSTOMER)
+        assert bound.get(f"/payments/{own}").json()["customer_id"] == BOUND_CUSTOMER
+
+        # another customer's payment answers exactly like one that does not exist
+        missing = bound.get(f"/payments/pay_{uuid.uuid4().hex}")
+        hidden = bound.get(f"/payments/{foreign}")
+        assert (hidden.status_code, hidden.json()) == (missing.status_code, missing.json()) == (
+            404, {"error": "payment_not_found"})
+        assert wait_history(admin, foreign).status_code == 200 and wait_history(bound, own).status_code == 200
+        r = bound.get(f"/payments/{foreign}/history")
+        assert (r.status_code, r.json()) == (404, {"error": "payment_not_found"})
+        for action in ("capture", "cancel", "refunds"):
+            r = bound.post(f"/payments/{foreign}/{action}", json={}, headers=idem())
+            assert (r.status_code, r.json()) == (404, {"error": "payment_not_found"}), (action, r.text)
+        time.sleep(1.0)
+        assert admin.get(f"/payments/{foreign}").json()["status"] == "requires_capture"
+
+        # listings hold only the key's customer, whatever the filter
+        r = bound.get("/payments", params={"customer_id": "cus_web"})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        assert admin.get("/payments", params={"order_id": foreign_body["order_id"]}).json()["payments"]
+        assert bound.get("/payments", params={"order_id": foreign_body["order_id"]}).json() == {"payments": []}
+        listed = bound.get("/payments", params={"limit": 500}).json()["payments"]
+        assert own in [p["payment_id"] for p in listed]
+        assert {p["customer_id"] for p in listed} == {BOUND_CUSTOMER}
+        assert [p["payment_id"] for p in bound.get("/payments", params={"order_id": own_body["order_id"]})
+                .json()["payments"]] == [own]
+
+        # payment methods and commands naming another customer: 403
+        assert bound.get("/customers/cus_web/payment-methods").status_code == 403
+        assert bound.get(f"/customers/{BOUND_CUSTOMER}/payment-methods").status_code == 200
+        assert bound.post("/customers/cus_web/payment-methods", json=method_body(), headers=idem()).status_code == 403
+        assert bound.delete("/customers/cus_web/payment-methods/pm_x").status_code == 403
+        assert bound.post(f"/customers/{BOUND_CUSTOMER}/payment-methods", json=method_body(),
+                          headers=idem()).status_code == 202
+        key = f"idem-{uuid.uuid4()}"
+        r = bound.post("/payments", json=create_body(customer_id="cus_web"), headers={"Idempotency-Key": key})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+
+        # its own payment it may command
+        assert bound.post(f"/payments/{own}/capture", json={}, headers=idem()).status_code == 202
+        assert wait_status(bound, own, {"succeeded"})["captured"] == own_body["amount"]
+        assert admin.get(f"/payments/{derived_id('pay', 'itest-bound', key)}").status_code == 404  # never produced
+
+    def mismatches(records: list[Any]) -> list[Any]:
+        return [r for r in records if str(r.detail.get("denied", "")).startswith("customer_mismatch")]
+
+    denied = mismatches(audit_records(stack_env, "itest-bound", started, lambda rs: len(mismatches(rs)) >= 10))
+    assert len(denied) == 10
+    assert {r.resource for r in denied} >= {f"payment:{foreign}", "customer:cus_web"}
+    assert all(r.outcome == "rejected" for r in denied)
