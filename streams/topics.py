@@ -7,6 +7,7 @@ to run when a table's changelog and its source topic differ in partitions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,21 @@ def audit(app_id: str) -> str:
     """Internal: audit records (JSON) from workers, the HTTP edge and admin commands, for the
     audit sink's hash-chained ``audit_log``."""
     return f"{app_id}-audit"
+
+
+def fraud_checks(app_id: str) -> str:
+    """Internal: fraud check hops (key ``<dimension>:<value>``, CreateTime timestamps; docs/fraud.md)."""
+    return f"{app_id}-fraud-checks"
+
+
+def fraud_verdicts(app_id: str) -> str:
+    """Internal: fraud verdicts (key payment_id), co-partitioned with payment.requests."""
+    return f"{app_id}-fraud-verdicts"
+
+
+def fraud_admin(app_id: str) -> str:
+    """Internal: fraud blocklist admin commands (JSON, key ``<kind>:<value>``)."""
+    return f"{app_id}-fraud-admin"
 
 
 #: The worker's changelog-backed tables (agents/payments.py). Their changelog topics are
@@ -80,21 +96,26 @@ AVRO_TOPICS = (
 
 def all_topics(app_id: str) -> list[str]:
     return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id),
-            vault(app_id), audit(app_id), *(changelog(app_id, t) for t in TABLES)]
+            vault(app_id), audit(app_id), *(changelog(app_id, t) for t in TABLES),
+            fraud_checks(app_id), fraud_verdicts(app_id), fraud_admin(app_id)]
 
 
-def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0,
+                  extra: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. ``extra``: more
+    topics (name → config), e.g. the changelogs of the fraud tables the rule files declare."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
-    wanted = [t for t in all_topics(app_id) if t not in existing]
+    configs = {t: topic_config(app_id, t) for t in all_topics(app_id)}
+    configs.update({t: dict(c) for t, c in (extra or {}).items()})
+    wanted = [t for t in configs if t not in existing]
     if not wanted:
         return []
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1, config=topic_config(app_id, t)) for t in wanted],
+        [NewTopic(t, num_partitions=partitions, replication_factor=1, config=configs[t]) for t in wanted],
         request_timeout=timeout,
     )
     created = []
