@@ -46,7 +46,7 @@ def fraud_verdict(payment_id: str, decision: fr.Decision, *, partition: int = 2,
 
 
 def test_create_sends_a_check_and_no_gateway_call() -> None:
-    proc, payments, _ = processor()
+    proc, _, _ = processor()
     out = proc.handle_command(create("p1"), NOW, partition=2)
     assert out.calls == [] and [type(e.body) for e in out.events] == [evs.PaymentCreated]
     (check,) = out.fraud_checks

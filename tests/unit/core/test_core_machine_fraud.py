@@ -9,17 +9,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from core_helpers import NOW, PAYMENT_ID, cancel_cmd, capture_cmd, create_cmd  # noqa: E402
+from core_helpers import NOW, PAYMENT_ID, cancel_cmd, capture_cmd, create_cmd
 
-from paystream.core.commands import CaptureMethod, Command, RejectPayment, ReleasePayment  # noqa: E402
-from paystream.core.events import (  # noqa: E402
+from paystream.core.commands import CaptureMethod, Command, RejectPayment, ReleasePayment
+from paystream.core.events import (
     TERMINAL_EVENTS,
     FraudDecision,
     FraudOutcome,
     PaymentFailed,
     is_terminal,
 )
-from paystream.core.machine import (  # noqa: E402
+from paystream.core.machine import (
     CallGateway,
     Decision,
     FraudHoldStatus,
@@ -37,7 +37,7 @@ from paystream.core.machine import (  # noqa: E402
     gateway_idempotency_key,
     is_busy,
 )
-from tables import codec  # noqa: E402
+from tables import codec
 
 
 def names(d: Decision) -> list[str]:
@@ -203,8 +203,8 @@ def test_release_and_reject_have_terminal_sets() -> None:
     assert TERMINAL_EVENTS["ReleasePayment"] == TERMINAL_EVENTS["CreatePayment"]
     assert TERMINAL_EVENTS["RejectPayment"] == frozenset({"PaymentFailed", "CommandRejected"})
     review = FraudDecision(FraudOutcome.REVIEW, ("r",))
-    assert not is_terminal("ReleasePayment", review) and not is_terminal("CreatePayment",
-                                                                          FraudDecision(FraudOutcome.REVIEW, shadow=True))
+    assert not is_terminal("ReleasePayment", review)
+    assert not is_terminal("CreatePayment", FraudDecision(FraudOutcome.REVIEW, shadow=True))
 
 
 def test_held_states_round_trip_and_old_records_stay_readable() -> None:
