@@ -305,8 +305,9 @@ _HEX = b"0123456789abcdefABCDEF"
 
 
 def _hex_context(data: bytes, start: int, end: int) -> bool:
-    """Whether [start, end) is part of a machine identifier: inside a UUID, or inside a run of
-    20+ hex characters (no dashes) with hex letters on both sides of the digits. Dashes do not
+    """Whether [start, end) is part of a machine identifier: inside a UUID, a hex run of 32+
+    characters with a letter (a hash), or a run of 20+ hex characters (no dashes) with hex
+    letters on both sides of the digits. Dashes do not
     extend the run: ``cmd-3530111333300000-02c4d8`` is a card number in an id, not an id."""
     for m in _UUID_BYTES.finditer(data, max(0, start - 36), min(len(data), end + 36)):
         if m.start() <= start and end <= m.end():
@@ -318,6 +319,8 @@ def _hex_context(data: bytes, start: int, end: int) -> bool:
     while hi < len(data) and data[hi:hi + 1] in _HEX and hi - end < 80:
         hi += 1
     letters = b"abcdefABCDEF"
+    if hi - lo >= 32 and any(c in letters for c in data[lo:hi]):
+        return True  # a hash (a SHA-256 fingerprint may end in 13 digits)
     return (hi - lo >= 20 and any(c in letters for c in data[lo:start])
             and any(c in letters for c in data[end:hi]))
 

@@ -6,8 +6,9 @@ between digit groups. For a run of several groups every contiguous span of whole
 13-19 digits is checked, so a PAN followed by another number ("4242... 1234") is still found.
 An unbroken digit string longer than 19 digits is an identifier, not a card, and is not
 searched for sub-windows (that would flag most long order numbers). Digits inside a machine
-identifier are not a card number either: a UUID (``8-4-4-4-12`` hex), or a run of 20 or more
-hexadecimal characters with hex letters on both sides of the digits
+identifier are not a card number either: a UUID (``8-4-4-4-12`` hex), a hash-like run of 32 or
+more hexadecimal characters with a letter in it (a SHA-256 fingerprint may end in 13 digits), or a
+run of 20-31 hexadecimal characters with hex letters on both sides of the digits
 (``pay_0ac3e168922c590493089675592bc98e``: one random hex id in a few hundred holds a
 Luhn-valid run of 13+ digits by chance). A card number merely glued to letters on one side
 (``4111111111111111abcd``) is still found. Nor are the decimals of a number (``0.2723912030000974``,
@@ -43,6 +44,7 @@ _GROUP: Final = re.compile(r"\d+")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX_ID: Final = re.compile(r"[0-9a-fA-F]{20,}")
 _MIN_HEX_ID: Final = 20
+_MIN_HASH_HEX: Final = 32  # an MD5 is 32 hex characters, a SHA-256 64
 
 _CVV_NAME_PARTS: Final = ("cvv", "cvc", "cvn", "securitycode", "cardverification")
 _CVV_EXACT_NAMES: Final = frozenset({"csc", "cid"})
@@ -77,7 +79,10 @@ def _inside_identifier(text: str, span: tuple[int, int], identifiers: list[tuple
     for start, end in identifiers:
         if start <= span[0] and span[1] <= end:
             before, after = text[start:span[0]], text[span[1]:end]
-            if "-" in text[start:end] or (any(c.isalpha() for c in before) and any(c.isalpha() for c in after)):
+            token = text[start:end]
+            if "-" in token or (len(token) >= _MIN_HASH_HEX and not token.isdigit()):
+                return True  # a UUID, or a hash / hex id of 32+ characters
+            if any(c.isalpha() for c in before) and any(c.isalpha() for c in after):
                 return True
     return False
 

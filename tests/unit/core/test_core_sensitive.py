@@ -44,6 +44,7 @@ def test_luhn_valid_pans_are_found(text: str) -> None:
         "2024-01-15 12:30:45",
         # Random hex ids that hold a Luhn-valid run by chance (seen on payment.events).
         "pay_0ac3e168922c590493089675592bc98e",
+        "fingerprint 9a73999357991522a8dc699c4a9ed3dc5807ed7032254a804fe4239442384921",  # ends in 13 digits
         "evt 12345678-1234-5123-8123-123456789012",  # a UUID whose groups join into 16 digits
         "Timer commit is overlapping (interval=0.1 runtime=0.4242424242424242)",  # decimals
     ],
