@@ -183,11 +183,14 @@ def _children(obj: object) -> Iterator[tuple[str, object, str | None]]:
             yield f".{field.name}", getattr(obj, field.name), field.name
 
 
-def scan(obj: object) -> list[str]:
+def scan(obj: object, *, integers: bool = True) -> list[str]:
     """Paths (``$.a.b[2]``) of every field holding a PAN or a CVV, never the values.
 
     Walks nested mappings, lists, tuples, sets and dataclass instances. Mapping keys are
     checked too; a key that itself holds a PAN appears redacted in the reported path.
+    ``integers=False`` leaves integers out: in a record whose integer fields are typed by our
+    own schema (amounts, epoch-millisecond timestamps), a 13-digit timestamp is Luhn-valid one
+    time in ten and would pass for a card number.
     """
     found: list[str] = []
     seen: set[int] = set()
@@ -196,7 +199,7 @@ def scan(obj: object) -> list[str]:
         if name is not None and (looks_like_cvv_field(name, value) or find_pan(name)):
             found.append(path)
             return
-        if _text_has_pan(value):
+        if (integers or not isinstance(value, int)) and _text_has_pan(value):
             found.append(path)
             return
         if isinstance(value, str | bytes | int | float) or value is None:

@@ -107,3 +107,14 @@ def test_identifier_exemption_is_only_for_the_digits_inside_it() -> None:
     assert luhn_valid("590493089675592")  # the run inside the hex id really is Luhn-valid
     assert find_pan("4111111111111111 next to pay_0ac3e168922c590493089675592bc98e")
     assert redact("pay_0ac3e168922c590493089675592bc98e") == "pay_0ac3e168922c590493089675592bc98e"
+
+
+def test_scan_can_leave_typed_integers_out() -> None:
+    # A webhook record's epoch-ms timestamps: 1795725607000 is Luhn-valid (chaos F9: one
+    # notification in ten was dead-lettered as card data and its payment stayed requires_action).
+    record = {"occurred_at": 1795725607000, "received_at": 1795725608351, "amount": 134580,
+              "raw_status": "authorized"}
+    assert luhn_valid("1795725607000")
+    assert scan(record) == ["$.occurred_at"]
+    assert scan(record, integers=False) == []
+    assert scan({**record, "raw_status": "card 4242424242424242"}, integers=False) == ["$.raw_status"]
