@@ -477,35 +477,45 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         await handle(event)
         applied_offsets[key] = m.offset
 
-    refused: dict[TP, int] = {}  # partition -> lowest input offset faust dropped unapplied
+    refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
     refetching: set[asyncio.Future[None]] = set()
 
     def applied(tp: TP, offset: int) -> bool:
         last = applied_offsets.get(f"{tp.topic}:{tp.partition}")
         return last is not None and offset <= last
 
-    def on_refused(tp: TP, offset: int) -> None:
-        metrics.ACK_REFUSED.labels(tp.topic).inc()
+    def on_refused(message: Any) -> None:
+        metrics.ACK_REFUSED.labels(message.topic).inc()
+        tp = message.tp
         first = tp not in refused
-        refused[tp] = min(offset, refused.get(tp, offset))
+        refused.setdefault(tp, []).append(message)
         if first:
-            task = asyncio.ensure_future(refetch(tp))
+            task = asyncio.ensure_future(settle_refused(tp))
             refetching.add(task)
             task.add_done_callback(refetching.discard)
 
-    async def refetch(tp: TP) -> None:
-        """Seek back to an input faust dropped without it being applied, between two inputs."""
+    async def settle_refused(tp: TP) -> None:
+        """Between two inputs: acknowledge the dropped inputs applied meanwhile (the gap healer
+        reads them back when a later one arrives), and seek back to the first one that is not,
+        so it is fetched again. faust commits nothing on the partition until then."""
         await asyncio.sleep(0.05)  # gather the other drops of this burst first
         async with commit_lock(app):
-            offset = refused.pop(tp, None)
-            if offset is None or applied(tp, offset) or tp not in app.consumer.assignment():
+            messages = refused.pop(tp, [])
+            if tp not in app.consumer.assignment():
+                return  # revoked: its new owner starts from the committed offset
+            pending = [m for m in messages if not applied(tp, m.offset)]
+            for m in messages:
+                if applied(tp, m.offset):
+                    app.consumer.ack(m)
+            if not pending:
                 return
+            first = min(m.offset for m in pending)
             log.warning("input %s:%d was dropped by the stream before it was applied: fetching it again",
-                        tp.topic, offset)
+                        tp.topic, first)
             try:
-                await app.consumer.seek(tp, offset)
+                await app.consumer.seek(tp, first)
             except Exception:  # revoked meanwhile: its new owner starts from the committed offset
-                log.exception("could not seek %s back to %d", tp, offset)
+                log.exception("could not seek %s back to %d", tp, first)
 
     faust_fixes.install_ack_guard(app, set(inputs.topics), applied, on_refused)
 

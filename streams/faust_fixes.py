@@ -19,7 +19,7 @@ from mode.utils.futures import notify
 log = logging.getLogger("paystream.faust_fixes")
 
 _APPLIED = False
-CHANGELOG_DELIVERY_TIMEOUT_S = 60.0
+CHANGELOG_DELIVERY_TIMEOUT_S = 20.0  # normally milliseconds; well below the 60 s transaction timeout
 
 
 async def _highwaters_from_list_offsets(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
@@ -119,12 +119,19 @@ async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
 
 _original_ack = faust_consumer.Consumer.ack
 
-AckGuard = tuple[frozenset[str], Callable[[TP, int], bool], Callable[[TP, int], None]]
+AckGuard = tuple[frozenset[str], Callable[[TP, int], bool], Callable[[Any], None]]
 
 
 def install_ack_guard(app: Any, topics: Collection[str], applied: Callable[[TP, int], bool],
-                      on_refused: Callable[[TP, int], None]) -> None:
-    """Only acknowledge messages of ``topics`` that ``applied(tp, offset)`` says were applied."""
+                      on_refused: Callable[[Any], None]) -> None:
+    """Only acknowledge messages of ``topics`` that ``applied(tp, offset)`` says were applied.
+
+    ``on_refused(message)`` gets each refused message: the caller must later either acknowledge
+    it again through ``app.consumer.ack(message)`` once it is applied (by the gap healer, say)
+    or seek its partition back so it is fetched again. Until one of them happens, faust commits
+    nothing more on that partition (its offsets must stay contiguous), so its transaction stays
+    open and would time out.
+    """
     app._paystream_ack_guard = (frozenset(topics), applied, on_refused)
 
 
@@ -134,10 +141,9 @@ def _ack_applied_only(self: Any, message: Any) -> bool:
         topics, applied, on_refused = guard
         tp = message.tp
         if message.topic in topics and not applied(tp, message.offset) and tp in self.assignment():
-            message.acked = True  # done with this delivery: it is fetched again, not committed
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)  # a rebalance waiting for the stream to drain goes on
-            on_refused(tp, message.offset)
+            on_refused(message)
             return False
     return _original_ack(self, message)
 
