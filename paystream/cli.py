@@ -72,7 +72,7 @@ def _setup() -> None:
     from streams.avro import register_schemas, registry_client
 
     s = get_settings()
-    created = topics.ensure_topics(s.kafka_bootstrap, s.app_id, s.partitions)
+    created = topics.ensure_topics(s.kafka_bootstrap, s.app_id, s.partitions, settings=s.topic_settings())
     ids = register_schemas(registry_client(s.schema_registry_url))
     applied = migrate(s.postgres_dsn)
     click.echo(f"[setup] topics created: {len(created)}; schemas: {ids}; migrations applied: {len(applied)}")

@@ -67,7 +67,8 @@ def build_gateways(settings: Settings) -> dict[str, PaymentGateway]:
 
 def prepare(settings: Settings) -> None:
     """Idempotent set-up every worker does before it joins the group."""
-    created = topics.ensure_topics(settings.kafka_bootstrap, settings.app_id, settings.partitions)
+    created = topics.ensure_topics(settings.kafka_bootstrap, settings.app_id, settings.partitions,
+                                   settings=settings.topic_settings())
     if created:
         log.info("created topics %s", created)
     register_schemas(registry_client(settings.schema_registry_url))
