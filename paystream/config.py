@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:15432/paystream", description="sink database")
     partitions: int = Field(4, description="partitions of the payment topics (all co-partitioned)")
     topic_replication_factor: int = Field(
-        1, ge=1, description="replication factor of the topics paystream creates (3 in production; 1 on the local stack)"
+        1, ge=1, description="replication factor of the topics paystream creates (3 in production, 1 locally)"
     )
     topic_min_insync_replicas: int = Field(
         1, ge=1, description="min.insync.replicas of paystream's topics (2 with a replication factor of 3); "

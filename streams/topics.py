@@ -178,7 +178,12 @@ def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float =
 def apply_configs(admin: object, app_id: str, names: list[str], settings: TopicSettings,
                   timeout: float = 30.0) -> None:
     """Set each topic's configs (incremental: other configs of the topic are left alone)."""
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not listed in __all__
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
 
     assert isinstance(admin, AdminClient)
     resources = [
