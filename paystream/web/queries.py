@@ -73,12 +73,7 @@ class Queries:
         one page of at most ``limit``: keyset pagination, ``after`` is the last row of the page
         before. ``created_from`` is inclusive, ``created_to`` exclusive. Each filter combination is
         one range scan of an index ending in (created_at, payment_id) (migration 0004)."""
-        where, params = _payment_filters(order_id, customer_id, created_from, created_to, after)
-        sql = (
-            "SELECT payment_id, order_id, customer_id, status, amount, currency, authorized, captured, refunded, "
-            "gateway, gateway_ref, decline_code, last_sequence AS sequence, created_at, updated_at "
-            f"FROM payments WHERE {' AND '.join(where)} ORDER BY created_at, payment_id LIMIT %s"
-        )
+        sql, params = payments_query(order_id, customer_id, created_from, created_to, after)
         async with self.pool.connection() as conn:
             cur = await conn.execute(sql, [*params, limit + 1])
             rows = await cur.fetchall()
@@ -88,12 +83,8 @@ class Queries:
         return Page([{k: _ms(v) for k, v in row.items()} for row in rows], last)
 
     async def history(self, payment_id: str) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT event_id, sequence, event_type AS type, status, occurred_at, causation_command_id AS causation, "
-            "payload FROM payment_events WHERE payment_id = %s ORDER BY sequence"
-        )
         async with self.pool.connection() as conn:
-            cur = await conn.execute(sql, [payment_id])
+            cur = await conn.execute(HISTORY_SQL, [payment_id])
             rows = await cur.fetchall()
         out = []
         for row in rows:
@@ -192,6 +183,25 @@ def _payment_filters(order_id: str | None, customer_id: str | None, created_from
         where.append("(created_at, payment_id) > (%s, %s)")
         params.extend([after.created_at, after.payment_id])
     return where or ["TRUE"], params
+
+
+def payments_query(order_id: str | None, customer_id: str | None, created_from: datetime | None,
+                   created_to: datetime | None, after: PageKey | None) -> tuple[str, list[Any]]:
+    """The listing's SQL and parameters, the page size (``limit + 1``) left as the last ``%s``
+    (``bench/history_explain.py`` explains exactly this text)."""
+    where, params = _payment_filters(order_id, customer_id, created_from, created_to, after)
+    sql = (
+        "SELECT payment_id, order_id, customer_id, status, amount, currency, authorized, captured, refunded, "
+        "gateway, gateway_ref, decline_code, last_sequence AS sequence, created_at, updated_at "
+        f"FROM payments WHERE {' AND '.join(where)} ORDER BY created_at, payment_id LIMIT %s"
+    )
+    return sql, params
+
+
+HISTORY_SQL: Final = (
+    "SELECT event_id, sequence, event_type AS type, status, occurred_at, causation_command_id AS causation, "
+    "payload FROM payment_events WHERE payment_id = %s ORDER BY sequence"
+)
 
 
 def _without_secrets(data: dict[str, Any]) -> dict[str, Any]:
