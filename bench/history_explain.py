@@ -158,8 +158,9 @@ def main() -> None:
             for label, sql, params in cases(conn, args.payments):
                 conn.execute(sql, params).fetchall()  # warm the cache once, as a live edge would be
                 e = explain(conn, sql, params)
-                print(f"| {label} | {', '.join(e['indexes']) or '-'} | {'yes' if e['seq_scan'] else 'no'} | "
-                      f"{'yes' if e['sort'] else 'no'} | {e['rows']} | {e['removed']} | {e['buffers']} | {e['ms']:.2f} |")
+                yes = {True: "yes", False: "no"}
+                print(f"| {label} | {', '.join(e['indexes']) or '-'} | {yes[e['seq_scan']]} | {yes[e['sort']]} | "
+                      f"{e['rows']} | {e['removed']} | {e['buffers']} | {e['ms']:.2f} |")
                 if args.plans:
                     print(e["plan"])
 
