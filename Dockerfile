@@ -32,6 +32,8 @@ COPY tables ./tables
 COPY gateway_clients ./gateway_clients
 COPY sinks ./sinks
 COPY avro ./avro
+# The routing table and the fraud rule sets (config/routing.yaml, config/fraud-rules*.yaml).
+COPY config ./config
 # Installed in place (-e) on purpose: streams/topics.py finds avro/*.avsc next to the source
 # tree (Path(__file__).parent.parent / "avro"); a regular wheel install would look for them in
 # site-packages, where `avro` is the Apache Avro library.

@@ -48,6 +48,7 @@ from prometheus_client import Counter
 from paystream.config import Settings
 from paystream.core import fraud as fr
 from paystream.security import audit as au
+from streams.faust_fixes import commit_lock
 from tables import codec
 
 log = logging.getLogger("paystream.fraud")
@@ -517,15 +518,22 @@ def install_fraud(app: faust.App, settings: Settings, send_verdict: SendVerdict,
         await out(event, audit_topic(settings.app_id),
                   OutMessage(record.resource.encode(), au.encode_record(record), event.message.partition, None))
 
+    # Each hop is applied and acknowledged as a whole between two commits, like the payments
+    # agent's inputs (streams/faust_fixes.py): a transaction never holds a hop's table writes
+    # without its forward or verdict, nor commits the output without the input offset.
     @app.agent(app.topic(names[0], key_serializer="raw", value_serializer="raw"), name="fraud")
     async def fraud_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await on_check(event)
+            async with commit_lock(app):
+                await on_check(event)
+                await stream.ack(event)
 
     @app.agent(app.topic(names[2], key_serializer="raw", value_serializer="raw"), name="fraud-admin")
     async def fraud_admin(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await on_admin(event)
+            async with commit_lock(app):
+                await on_admin(event)
+                await stream.ack(event)
 
     return FraudWiring(agent=fraud_agent, admin_agent=fraud_admin, engine=engine, store=store,
                        blocklist=blocklist, topics=names)

@@ -29,16 +29,18 @@ from aiokafka.errors import IllegalOperation
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
+from agents import fraud as af
 from agents.gateway import GatewayExecutor, executor_options, reply_input
 from agents.methods import MethodDirectory
-from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input
+from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input, verdict_input
 from agents.routing import load_routing_file, make_router
 from gateway_clients.protocol import PaymentGateway
 from paystream import metrics
 from paystream.config import Settings
 from paystream.core import commands as cmds
 from paystream.core import events as evs
-from paystream.core.machine import reconcile_effects
+from paystream.core import fraud as fr
+from paystream.core.machine import FraudHoldStatus, reconcile_effects
 from paystream.core.methods import DetachAtGateway
 from paystream.core.sensitive import find_pan, redact, scan
 from paystream.security import audit as au
@@ -168,10 +170,30 @@ def event_audit_record(ev: evs.PaymentEvent, actor: str, origin: str, method_key
     )
 
 
-def install(app: faust.App, w: Wiring) -> dict[str, Any]:
+FRAUD_TIMEOUT_RULE = "fraud_check_timeout"
+
+
+def timeout_verdict(record: PaymentRecord, ruleset_version: str) -> fr.FraudVerdict | None:
+    """The synthetic ``review`` verdict for a payment whose fraud check has not answered."""
+    st = record.state
+    if st is None or st.fraud is None or st.fraud.status is not FraudHoldStatus.CHECKING:
+        return None
+    outcome = fr.FraudOutcome(decision=fr.Decision.REVIEW, rules=(FRAUD_TIMEOUT_RULE,), score=0,
+                              ruleset_version=ruleset_version)
+    return fr.FraudVerdict(payment_id=st.payment_id, command_id=st.fraud.command_id, partition=record.partition,
+                           observed_at=st.fraud.requested_at, outcome=outcome)
+
+
+def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> dict[str, Any]:
+    """The payments agent and its timers. With ``settings.fraud_enabled`` the fraud verdicts
+    topic is one more input (the fraud agent itself is installed by ``agents.fraud.install_fraud``)."""
     s = w.settings
-    inputs = app.topic(topics.REQUESTS, topics.gateway_replies(s.app_id), topics.WEBHOOKS,
-                       key_serializer="raw", value_serializer="raw")
+    input_topics = [topics.REQUESTS, topics.gateway_replies(s.app_id), topics.WEBHOOKS]
+    verdicts_topic_name = topics.fraud_verdicts(s.app_id)
+    if s.fraud_enabled:
+        input_topics.append(verdicts_topic_name)
+    inputs = app.topic(*input_topics, key_serializer="raw", value_serializer="raw")
+    checks_topic_name = topics.fraud_checks(s.app_id)
     calls_topic_name = topics.gateway_calls(s.app_id)
 
     # Keys are payment ids (str); values are JSON (the app's default value serializer).
@@ -197,10 +219,12 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         idempotency_retention_ms=s.idempotency_retention_s * 1000,
         methods=methods_table, sealer=keyring, method_lookup=lookup_method,
         router=make_router(load_routing_file(s.routing_rules_file), w.gateways, s.disabled_gateways()),
+        fraud_enabled=s.fraud_enabled,
     )
 
     async def send(event: Event | None, topic: str, key: bytes | None, value: bytes | None,
-                   partition: int, headers: list[tuple[str, bytes]] | None = None) -> None:
+                   partition: int | None, headers: list[tuple[str, bytes]] | None = None,
+                   timestamp: float | None = None) -> None:
         """Send in the transaction of the input's partition, to the input's partition number.
 
         faust routes an agent's sends to the transaction of the *destination* topic's partition
@@ -214,7 +238,7 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             msg = event.message
             tid = f"{app.conf.id}-{app.assignor.group_for_topic(msg.topic)}-{msg.partition}"
         try:
-            await app.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
+            await app.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=tid)
         except (IllegalOperation, ProducerSendError) as exc:
             if tid is None:
                 raise
@@ -270,6 +294,11 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
         for item in out.vault:
             await send(event, vault_topic, item["method_id"].encode(),
                        json.dumps(item, sort_keys=True, separators=(",", ":")).encode(), partition)
+        for check in out.fraud_checks:
+            # First hop of the check: keyed by its dimension (partition by key hash), Kafka
+            # timestamp observed_at (the fraud agent's windows are relative to it).
+            msg = af.request_message(check)
+            await send(event, checks_topic_name, msg.key, msg.value, msg.partition, timestamp=msg.timestamp_s)
         for effect in out.detaches:
             detach_soon(effect)
 
@@ -391,10 +420,21 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             metrics.INPUTS_IGNORED.labels(kind).inc()
             log.info("%s for %s changed nothing: %s", kind, redact(payment_id), out.ignored)
 
+    async def on_verdict(event: Event) -> None:
+        try:
+            verdict = af.decode_verdict(event.message.value or b"")
+        except Exception as exc:
+            await dead_letter(event, "decode", "undecodable", f"{type(exc).__name__}: {exc}")
+            return
+        out = processor.handle_input(verdict.payment_id, verdict_input(verdict), now_ms(), event.message.partition)
+        note_ignored("fraud_verdict", verdict.payment_id, out)
+        await publish(event, out, actor="paystream-fraud")
+
     handlers = {
         topics.REQUESTS: on_command,
         topics.gateway_replies(s.app_id): on_reply,
         topics.WEBHOOKS: on_webhook,
+        verdicts_topic_name: on_verdict,
     }
 
     gaps = GapReader(s.kafka_bootstrap)
@@ -502,17 +542,45 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
     async def method_directory() -> None:
         await directory.run()
 
+    verdict_timeout_ms = int(s.fraud_verdict_timeout_s * 1000)
+    timeouts_sent: dict[str, int] = {}  # payment id -> when its synthetic verdict was last sent
+
+    async def fraud_timeout(record: PaymentRecord, now: int) -> None:
+        """A fraud check that has not answered in time: a synthetic ``review`` verdict through the
+        verdicts topic (never a table write from a timer); the machine ignores whichever of the
+        synthetic and the real verdict comes second."""
+        st = record.state
+        if st is None or st.fraud is None or now - st.fraud.requested_at <= verdict_timeout_ms:
+            return
+        if now - timeouts_sent.get(st.payment_id, 0) <= verdict_timeout_ms:
+            return  # sent, not applied yet
+        verdict = timeout_verdict(record, fraud_ruleset_version)
+        if verdict is None:
+            return
+        timeouts_sent[st.payment_id] = now
+        af.record_metrics(verdict)
+        log.warning("fraud check of %s did not answer in %.0f s: holding it for review", redact(st.payment_id),
+                    s.fraud_verdict_timeout_s)
+        msg = af.verdict_message(verdict)
+        await send(None, verdicts_topic_name, msg.key, msg.value, msg.partition)
+
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def reconciler() -> None:
-        """Ask the gateway about every unknown outcome on this worker's partitions."""
+        """Ask the gateway about every unknown outcome on this worker's partitions (and, with
+        fraud checks on, time out checks that have not answered)."""
         now = now_ms()
         pending, oldest = 0, 0.0
+        held: set[str] = set()
         for _key, value in list(payments_table.items()):
             record = PaymentRecord.from_json(value)
             st = record.state
             # Unknown outcomes: the payment's own call, and refunds left pending by a call whose
             # outcome is unknown (those free the payment's slot, so `pending` may be None).
             if st is None:
+                continue
+            if s.fraud_enabled and st.fraud is not None:
+                held.add(st.payment_id)
+                await fraud_timeout(record, now)
                 continue
             calls = reconcile_effects(st)
             if not calls:
@@ -522,6 +590,8 @@ def install(app: faust.App, w: Wiring) -> dict[str, Any]:
             for call in calls:
                 # Outside any input's transaction: a plain send; a repeated retrieve is harmless.
                 await send(None, calls_topic_name, call.payment_id.encode(), codec.encode(call), record.partition)
+        for payment_id in set(timeouts_sent) - held:
+            del timeouts_sent[payment_id]
         metrics.UNKNOWN_PENDING.set(pending)
         metrics.UNKNOWN_OLDEST_AGE.set(oldest)
 

@@ -23,16 +23,20 @@ from typing import Any, Protocol
 
 from paystream.core import commands as cmds
 from paystream.core import events as evs
+from paystream.core import fraud as fr
 from paystream.core import idempotency as idem
 from paystream.core.machine import (
     CallGateway,
     Decision,
+    FraudVerdictInput,
     GatewayReply,
     Input,
     Notification,
     PaymentState,
     ReplyStatus,
+    RequestFraudCheck,
     decide,
+    is_busy,
     totals,
 )
 from paystream.core.methods import (
@@ -59,6 +63,7 @@ class Output:
     calls: list[CallGateway] = field(default_factory=list)
     vault: list[dict[str, Any]] = field(default_factory=list)  # records for the internal vault topic
     detaches: list[DetachAtGateway] = field(default_factory=list)
+    fraud_checks: list[fr.FraudCheckRequest] = field(default_factory=list)  # first hop of each check
     duplicate: bool = False
     queued: bool = False
     ignored: str | None = None
@@ -135,6 +140,7 @@ class PaymentProcessor:
         sealer: Sealer | None = None,
         method_lookup: Callable[[str], Mapping[str, Any] | None] | None = None,
         router: Callable[[cmds.CreatePayment, bool], tuple[str, ...] | Rejection] | None = None,
+        fraud_enabled: bool = False,
     ) -> None:
         self.payments = payments
         self.idempotency = idempotency
@@ -146,6 +152,8 @@ class PaymentProcessor:
         self.method_lookup = method_lookup or self.methods.get
         # The route of a new payment (agents.routing); None: the command's gateway or the default.
         self.router = router
+        # New payments wait for the fraud check's verdict before their authorization.
+        self.fraud_enabled = fraud_enabled
 
     # ---------------------------------------------------------------- records
 
@@ -216,7 +224,7 @@ class PaymentProcessor:
             idem.IdempotencyRecord(command_id=command.command_id, fingerprint=fp, payment_id=command.payment_id,
                                    recorded_at=now)
         )
-        if record.state is not None and record.state.pending is not None and not record.state.pending.outcome_unknown:
+        if is_busy(record.state):
             record.queue.append(cmds.to_avro(command))
             self.save(command.payment_id, record)
             out.queued = True
@@ -265,6 +273,7 @@ class PaymentProcessor:
             return
         body = command.body
         route: tuple[str, ...] = ()
+        method: SavedMethod | None = None
         if isinstance(body, cmds.CreatePayment) and record.state is None:
             if self.methods.get(command.payment_id) is not None:
                 rejection = Rejection(RejectionReason.PAYMENT_ALREADY_EXISTS, "the id is a saved payment method's")
@@ -277,19 +286,27 @@ class PaymentProcessor:
                 if isinstance(resolved, Rejection):
                     self._reject(record, command, resolved, now, out)
                     return
-                command = dataclasses.replace(command, body=resolved)
+                command = dataclasses.replace(command, body=resolved[0])
+                method = resolved[1]
             if valid and self.router is not None and isinstance(command.body, cmds.CreatePayment):
                 routed = self.router(command.body, saved)
                 if isinstance(routed, Rejection):
                     self._reject(record, command, routed, now, out)
                     return
                 route = routed
-        decision = decide(record.state, command, now, route=route)
+        decision = decide(record.state, command, now, route=route, fraud_check=self.fraud_enabled)
         if decision.rejection is not None:
             self._reject(record, command, decision.rejection, now, out)
             return
         record.state = self._sealed_state(decision.state)
         self._emit(record, command.payment_id, decision, now, out)
+        if any(isinstance(e, RequestFraudCheck) for e in decision.effects):
+            # The check carries what the rules need, never the token; ``now`` is the instant
+            # every window of this payment is computed from.
+            out.fraud_checks.append(fr.check_request(
+                command, now, record.partition,
+                fingerprint=method.fingerprint if method is not None else None,
+            ))
 
     def _sealed_state(self, state: PaymentState | None) -> PaymentState | None:
         """Tables keep gateway tokens encrypted, bound to the payment (encryption at rest)."""
@@ -301,8 +318,9 @@ class PaymentProcessor:
         sealed = self.sealer.encrypt(token, payment_aad(state.payment_id))
         return dataclasses.replace(state, payment_method_token=sealed)
 
-    def _resolve_saved_method(self, body: cmds.CreatePayment) -> cmds.CreatePayment | Rejection:
-        """The CreatePayment with the saved method's token (and gateway), or why it cannot be used."""
+    def _resolve_saved_method(self, body: cmds.CreatePayment) -> tuple[cmds.CreatePayment, SavedMethod] | Rejection:
+        """The CreatePayment with the saved method's token (and gateway) and the method, or why
+        it cannot be used."""
         method_id = body.saved_method_id or ""
         raw = self.method_lookup(method_id)
         method = codec.from_plain(SavedMethod, dict(raw)) if raw else None
@@ -318,7 +336,8 @@ class PaymentProcessor:
         except CryptoError:
             log.error("the sealed token of saved method %s does not decrypt (key missing?)", method_id)
             return Rejection(RejectionReason.PAYMENT_METHOD_NOT_FOUND, "the saved payment method could not be opened")
-        return dataclasses.replace(body, payment_method_token=token, saved_method_id=None, gateway=method.gateway)
+        resolved = dataclasses.replace(body, payment_method_token=token, saved_method_id=None, gateway=method.gateway)
+        return resolved, method
 
     def _apply_method(self, record: PaymentRecord, command: cmds.Command, now: int, out: Output) -> None:
         """A payment-method command: the pure ``core.methods`` decides; events share the
@@ -346,7 +365,7 @@ class PaymentProcessor:
 
     def _drain(self, record: PaymentRecord, now: int, out: Output) -> None:
         """Run queued commands while no gateway call is in flight."""
-        while record.queue and (record.state is None or record.state.pending is None):
+        while record.queue and (record.state is None or (record.state.pending is None and not is_busy(record.state))):
             command = cmds.from_avro(record.queue.pop(0))
             self._apply(record, command, now, out)
 
@@ -372,3 +391,10 @@ def notification_input(value: dict[str, Any]) -> tuple[str, Notification]:
         "reason": value.get("raw_status"),
     }
     return value["payment_id"], codec.from_plain(Notification, data)
+
+
+def verdict_input(verdict: fr.FraudVerdict) -> FraudVerdictInput:
+    """The fraud agent's verdict → the machine's input (the FraudDecision bodies it publishes)."""
+    bodies = fr.to_events(fr.ShadowOutcome(active=verdict.outcome, candidate=verdict.shadow))
+    return FraudVerdictInput(command_id=verdict.command_id, decision=bodies[0],
+                             shadow=bodies[1] if len(bodies) > 1 else None)

@@ -99,7 +99,13 @@ TERMINAL: dict[str, frozenset[str]] = {
     "AddPaymentMethod": frozenset({"PaymentMethodAdded", "CommandRejected"}),
     "RemovePaymentMethod": frozenset({"PaymentMethodRemoved", "CommandRejected"}),
     "ErasePaymentMethod": frozenset({"PaymentMethodRemoved", "CommandRejected"}),
+    "ReleasePayment": frozenset({"PaymentSucceeded", "PaymentAuthorized", "PaymentRequiresAction", "PaymentFailed",
+                                 "PaymentCanceled", "PaymentOutcomeUnknown", "CommandRejected"}),
+    "RejectPayment": frozenset({"PaymentFailed", "CommandRejected"}),
 }
+# FraudDecision is terminal by its fields: an active (shadow=false) review ends a CreatePayment
+# (a human decides later); allow/block and shadow decisions are progress.
+FRAUD_REVIEW_ENDS = frozenset({"CreatePayment"})
 ONLY_REJECTION = frozenset({"CommandRejected"})  # a command type the checker does not know
 
 # Final payment statuses and what the gateway must show for them (ledger mismatches).
@@ -605,7 +611,7 @@ def _check(cfg: CheckConfig, schemas: Schemas, report: Report) -> None:
         if cid in dead_lettered_ids and not any_by_cause.get(cid):
             continue
         terminal = TERMINAL.get(ctype, ONLY_REJECTION)
-        ends = [e for e in any_by_cause.get(cid, []) if e.type in terminal]
+        ends = [e for e in any_by_cause.get(cid, []) if e.type in terminal or _fraud_review_ends(ctype, e)]
         terminal_by_cause[cid] = ends
         if not ends and any_by_cause.get(cid):
             types = ",".join(e.type for e in any_by_cause[cid])
@@ -619,7 +625,9 @@ def _check(cfg: CheckConfig, schemas: Schemas, report: Report) -> None:
     for ev in events:
         cause = ev.value.get("causation_command_id")
         if cause:
-            seen[(ev.payment_id, cause, ev.type)] += 1
+            # A verdict publishes the active and the shadow FraudDecision under one causation.
+            kind = f"{ev.type}(shadow)" if ev.type == "FraudDecision" and ev.body.get("shadow") else ev.type
+            seen[(ev.payment_id, cause, kind)] += 1
     for (pid, cause, etype), n in seen.items():
         if n > 1:
             report.applied_twice.append(f"{pid}: {n}x {etype} caused by {cause}")
@@ -647,6 +655,12 @@ def _check(cfg: CheckConfig, schemas: Schemas, report: Report) -> None:
 
     # ---- I6
     _scan_card_numbers(cfg, report)
+
+
+def _fraud_review_ends(ctype: str, e: _Event) -> bool:
+    if e.type != "FraudDecision" or ctype not in FRAUD_REVIEW_ENDS:
+        return False
+    return e.body.get("decision") == "review" and not e.body.get("shadow")
 
 
 def _compact(seqs: list[int]) -> str:

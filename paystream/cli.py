@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from typing import Any
 
 import click
 
@@ -270,6 +271,85 @@ def send_cancel(payment_id: str) -> None:
 def send_refund(payment_id: str, amount: int | None) -> None:
     _simple("RefundPayment", payment_id,
             {"refund_id": f"re_{uuid.uuid4().hex[:12]}", "amount": amount, "currency": None, "reason": None})
+
+
+@send.command("release", help="Fraud review: release a payment held for review (it goes on to authorization).")
+@click.argument("payment_id")
+@click.option("--by", "by", default=None, help="the reviewer (default: $PAYSTREAM_ADMIN_ACTOR or the OS user)")
+@click.option("--note", default=None)
+def send_release(payment_id: str, by: str | None, note: str | None) -> None:
+    _simple("ReleasePayment", payment_id, {"released_by": _admin_actor(by), "note": note})
+
+
+@send.command("reject", help="Fraud review: reject a payment held for review (fails with fraud_suspected).")
+@click.argument("payment_id")
+@click.option("--by", "by", default=None, help="the reviewer (default: $PAYSTREAM_ADMIN_ACTOR or the OS user)")
+@click.option("--reason", default=None)
+def send_reject(payment_id: str, by: str | None, reason: str | None) -> None:
+    _simple("RejectPayment", payment_id, {"rejected_by": _admin_actor(by), "reason": reason})
+
+
+@main.group(help="Fraud checks: the blocklist (admin commands on <app_id>-fraud-admin, docs/fraud.md).")
+def fraud() -> None:
+    pass
+
+
+def _blocklist(op: str, customer: str | None, fingerprint: str | None, email: str | None, actor: str | None,
+               reason: str | None) -> None:
+    from confluent_kafka import Producer
+
+    from agents.fraud import admin_message
+    from paystream.core.fraud import BlocklistCommandError
+    from streams import topics
+
+    given = [(k, v) for k, v in (("customer", customer), ("fingerprint", fingerprint), ("email", email)) if v]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --customer, --fingerprint, --email")
+    kind, value = given[0]
+    s = get_settings()
+    command_id = f"adm-{uuid.uuid4().hex[:16]}"
+    try:
+        msg = admin_message({"command_id": command_id, "op": op, "kind": kind, "value": value,
+                             "actor": _admin_actor(actor), "issued_at": time.time_ns() // 1_000_000,
+                             "reason": reason})
+    except BlocklistCommandError as exc:
+        raise click.UsageError(str(exc)) from exc
+    # murmur2 like the workers' producers, so the commands of one entry stay in one partition.
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
+                         "partitioner": "murmur2_random"})
+    producer.produce(topics.fraud_admin(s.app_id), key=msg.key, value=msg.value)
+    if producer.flush(30) != 0:
+        raise click.ClickException("the admin command could not be written to Kafka")
+    click.echo(json.dumps({"command_id": command_id, "op": op, "key": msg.key.decode()}))
+
+
+_BLOCK_OPTIONS = [
+    click.option("--customer", default=None, help="a customer id"),
+    click.option("--fingerprint", default=None, help="a card fingerprint"),
+    click.option("--email", default=None, help="an e-mail address (sent hashed, SHA-256)"),
+    click.option("--actor", default=None, help="who asks (default: $PAYSTREAM_ADMIN_ACTOR or the OS user)"),
+    click.option("--reason", default=None),
+]
+
+
+def _with_block_options(f: Any) -> Any:
+    for option in reversed(_BLOCK_OPTIONS):
+        f = option(f)
+    return f
+
+
+@fraud.command("block", help="Put a customer, card fingerprint or e-mail on the blocklist.")
+@_with_block_options
+def fraud_block(customer: str | None, fingerprint: str | None, email: str | None, actor: str | None,
+                reason: str | None) -> None:
+    _blocklist("add", customer, fingerprint, email, actor, reason)
+
+
+@fraud.command("unblock", help="Take a customer, card fingerprint or e-mail off the blocklist.")
+@_with_block_options
+def fraud_unblock(customer: str | None, fingerprint: str | None, email: str | None, actor: str | None,
+                  reason: str | None) -> None:
+    _blocklist("remove", customer, fingerprint, email, actor, reason)
 
 
 @main.command(help="Show a payment's current row and its events, from Postgres.")

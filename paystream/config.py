@@ -82,6 +82,21 @@ class Settings(BaseSettings):
         "", description="gateways switched off, comma-separated: routing skips them and no new authorization "
         "is sent to them (captures, refunds and reconciliation of their payments go on)"
     )
+    fraud_enabled: bool = Field(
+        False, description="hold every new payment for the streaming fraud check (docs/fraud.md) before its "
+        "authorization; off: payments go straight to the gateway as before"
+    )
+    fraud_rules_file: str | None = Field(
+        None, description="the active fraud rule set (YAML or JSON, docs/fraud.md); default config/fraud-rules.yaml"
+    )
+    fraud_candidate_rules_file: str | None = Field(
+        None, description="a candidate fraud rule set evaluated in shadow mode (FraudDecision shadow=true, "
+        "metrics mode=shadow); it never decides a payment"
+    )
+    fraud_verdict_timeout_s: float = Field(
+        30.0, gt=0, description="a payment whose fraud check has not answered after this long is held for "
+        "review (synthetic verdict, rule fraud_check_timeout)"
+    )
     idempotency_retention_s: int = Field(7 * 24 * 3600, description="how long command ids are remembered")
     sink_batch_size: int = 500
     sink_batch_wait_s: float = 0.2

@@ -65,10 +65,39 @@ def build_gateways(settings: Settings) -> dict[str, PaymentGateway]:
     return gateways
 
 
+def fraud_rulesets(settings: Settings) -> tuple[Any, Any]:
+    """The active and the candidate fraud rule sets (validated: a broken file stops the worker)."""
+    from agents import fraud as af
+
+    active = af.load_ruleset_file(settings.fraud_rules_file or af.RULES_FILE)
+    candidate = (af.load_ruleset_file(settings.fraud_candidate_rules_file)
+                 if settings.fraud_candidate_rules_file else None)
+    af.plan_windows(active, candidate)  # a window name must mean the same window in both
+    return active, candidate
+
+
+def fraud_changelogs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Changelog topics of the fraud tables (created up front like the others, see streams.topics)."""
+    if not settings.fraud_enabled:
+        return {}
+    from agents import fraud as af
+
+    plan = af.plan_windows(*fraud_rulesets(settings))
+    out: dict[str, dict[str, str]] = {}
+    for prefix, windows in (("count", plan.all_windows), ("amount", plan.all_windows), ("cards", plan.cards)):
+        for w in windows:
+            # As faust declares a windowed table's changelog: compacted, and deleted after expiry.
+            retention_ms = str((w.size_s + w.step_s) * 1000)
+            out[topics.changelog(settings.app_id, f"fraud-{prefix}-{w.name}")] = {
+                "cleanup.policy": "compact,delete", "retention.ms": retention_ms}
+    out[topics.changelog(settings.app_id, "fraud-blocklist")] = {"cleanup.policy": "compact"}
+    return out
+
+
 def prepare(settings: Settings) -> None:
     """Idempotent set-up every worker does before it joins the group."""
     created = topics.ensure_topics(settings.kafka_bootstrap, settings.app_id, settings.partitions,
-                                   settings=settings.topic_settings())
+                                   settings=settings.topic_settings(), extra=fraud_changelogs(settings))
     if created:
         log.info("created topics %s", created)
     register_schemas(registry_client(settings.schema_registry_url))
@@ -80,7 +109,18 @@ def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     # (one process registry). The prefix is fixed so metric names do not follow the app id.
     setup_prometheus_sensors(app, pattern="/metrics", name_prefix="paystream")
     wiring = Wiring(settings, codecs(registry_client(settings.schema_registry_url)), build_gateways(settings))
-    parts = install(app, wiring)
+    if settings.fraud_enabled:
+        from agents import fraud as af
+
+        active, candidate = fraud_rulesets(settings)
+        fraud = af.install_fraud(app, settings, af.verdict_sender(app, settings.app_id), active=active,
+                                 candidate=candidate)
+        parts = install(app, wiring, fraud_ruleset_version=active.version)
+        parts["fraud"] = fraud
+        log.info("fraud checks on: rule set %s%s", active.version,
+                 f", shadow candidate {candidate.version}" if candidate is not None else "")
+    else:
+        parts = install(app, wiring)
     install_web(app, web_context(settings, wiring.codecs, parts["payments_table"], gateways=wiring.gateways,
                                  audit=edge_audit_hook(app, settings)))
     return app, parts

@@ -11,8 +11,8 @@ Three kinds of topic (docs/operations.md):
   the history Postgres is built from and that ``paystream db rebuild`` replays; kept
   indefinitely by default (``retention.ms=-1``, ``PAYSTREAM_TOPIC_RECORDS_RETENTION_MS``).
 * **compacted** (the vault topic, the tables' changelogs): the latest record per key is kept.
-* **working** (``payment.requests``, ``payment.webhooks``, the gateway calls): inputs that are
-  done with once processed; ``PAYSTREAM_TOPIC_WORKING_RETENTION_MS`` (7 days by default).
+* **working** (``payment.requests``, ``payment.webhooks``, the gateway calls, the fraud check,
+  verdict and admin topics): inputs that are done with once processed; ``PAYSTREAM_TOPIC_WORKING_RETENTION_MS`` (7 days by default).
 
 Settings given at creation are re-applied to existing topics on every ``ensure_topics``
 (incremental alter: retention, min ISR, cleanup policy), so a changed retention reaches a
@@ -23,6 +23,7 @@ when they differ (changing them is an operator's reassignment, not a config chan
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def audit(app_id: str) -> str:
     """Internal: audit records (JSON) from workers, the HTTP edge and admin commands, for the
     audit sink's hash-chained ``audit_log``."""
     return f"{app_id}-audit"
+
+
+def fraud_checks(app_id: str) -> str:
+    """Internal: fraud check hops (key ``<dimension>:<value>``, CreateTime timestamps; docs/fraud.md)."""
+    return f"{app_id}-fraud-checks"
+
+
+def fraud_verdicts(app_id: str) -> str:
+    """Internal: fraud verdicts (key payment_id), co-partitioned with payment.requests."""
+    return f"{app_id}-fraud-verdicts"
+
+
+def fraud_admin(app_id: str) -> str:
+    """Internal: fraud blocklist admin commands (JSON, key ``<kind>:<value>``)."""
+    return f"{app_id}-fraud-admin"
 
 
 #: The worker's changelog-backed tables (agents/payments.py). Their changelog topics are
@@ -135,25 +151,32 @@ AVRO_TOPICS = (
 
 def all_topics(app_id: str) -> list[str]:
     return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id),
-            vault(app_id), audit(app_id), *(changelog(app_id, t) for t in TABLES)]
+            vault(app_id), audit(app_id), *(changelog(app_id, t) for t in TABLES),
+            fraud_checks(app_id), fraud_verdicts(app_id), fraud_admin(app_id)]
 
 
 def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0,
-                  settings: TopicSettings | None = None) -> list[str]:
+                  settings: TopicSettings | None = None,
+                  extra: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Create the topics that do not exist yet and re-apply the configs of those that do;
-    returns the names created. ``settings`` defaults to ``TopicSettings(partitions)``."""
+    returns the names created. ``settings`` defaults to ``TopicSettings(partitions)``; ``extra``:
+    more topics (name → config, min ISR added), e.g. the changelogs of the fraud tables the rule
+    files declare."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     s = settings or TopicSettings(partitions=partitions)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
-    wanted = [t for t in all_topics(app_id) if t not in existing]
+    configs = {t: topic_config(app_id, t, s) for t in all_topics(app_id)}
+    isr = {"min.insync.replicas": str(s.min_insync_replicas)}
+    configs.update({t: {**isr, **dict(c)} for t, c in (extra or {}).items()})
+    wanted = [t for t in configs if t not in existing]
     created = []
     if wanted:
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                      config=topic_config(app_id, t, s)) for t in wanted],
+            [NewTopic(t, num_partitions=s.partitions, replication_factor=s.replication_factor, config=configs[t])
+             for t in wanted],
             request_timeout=timeout,
         )
         for name, fut in futures.items():
@@ -163,7 +186,7 @@ def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float =
             except Exception as exc:  # already created by a concurrent caller is fine
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
-    present = [t for t in all_topics(app_id) if t in existing]
+    present = [t for t in configs if t in existing]
     for name in present:
         meta = existing[name]
         replicas = {len(p.replicas) for p in meta.partitions.values()}
@@ -171,12 +194,11 @@ def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float =
             log.warning("topic %s has %d partitions and replication factor %s; the settings say %d and %d",
                         name, len(meta.partitions), sorted(replicas), s.partitions, s.replication_factor)
     if present:
-        apply_configs(admin, app_id, present, s, timeout)
+        apply_configs(admin, {t: configs[t] for t in present}, timeout)
     return created
 
 
-def apply_configs(admin: object, app_id: str, names: list[str], settings: TopicSettings,
-                  timeout: float = 30.0) -> None:
+def apply_configs(admin: object, configs: Mapping[str, Mapping[str, str]], timeout: float = 30.0) -> None:
     """Set each topic's configs (incremental: other configs of the topic are left alone)."""
     from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not listed in __all__
         AdminClient,
@@ -188,9 +210,8 @@ def apply_configs(admin: object, app_id: str, names: list[str], settings: TopicS
     assert isinstance(admin, AdminClient)
     resources = [
         ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
-            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
-            for key, value in topic_config(app_id, name, settings).items()])
-        for name in names
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in config.items()])
+        for name, config in configs.items()
     ]
     for resource, fut in admin.incremental_alter_configs(resources, request_timeout=timeout).items():
         try:

@@ -36,6 +36,8 @@ __all__ = [
     "ErasePaymentMethod",
     "MethodCommandBody",
     "RefundPayment",
+    "RejectPayment",
+    "ReleasePayment",
     "RemovePaymentMethod",
     "command_type",
     "fingerprint",
@@ -132,6 +134,26 @@ class ErasePaymentMethod:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReleasePayment:
+    """Manual fraud review: release a payment held for review; it goes on to authorization."""
+
+    AVRO_NAME: ClassVar[str] = "ReleasePayment"
+
+    released_by: str
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectPayment:
+    """Manual fraud review: reject a payment held for review (fails with ``fraud_suspected``)."""
+
+    AVRO_NAME: ClassVar[str] = "RejectPayment"
+
+    rejected_by: str
+    reason: str | None = None
+
+
 CommandBody = (
     CreatePayment
     | CapturePayment
@@ -140,6 +162,8 @@ CommandBody = (
     | AddPaymentMethod
     | RemovePaymentMethod
     | ErasePaymentMethod
+    | ReleasePayment
+    | RejectPayment
 )
 MethodCommandBody = AddPaymentMethod | RemovePaymentMethod | ErasePaymentMethod
 
@@ -153,6 +177,8 @@ COMMAND_TYPES: Final[dict[str, type[CommandBody]]] = {
         AddPaymentMethod,
         RemovePaymentMethod,
         ErasePaymentMethod,
+        ReleasePayment,
+        RejectPayment,
     )
 }
 
@@ -385,6 +411,10 @@ def validate(command: Command) -> Rejection | None:
         rejection = _validate_add_method(body)
     elif isinstance(body, RemovePaymentMethod | ErasePaymentMethod) and not body.customer_id.strip():
         rejection = _reject(RejectionReason.INVALID_FIELD, "customer_id must not be empty")
+    elif isinstance(body, ReleasePayment) and not body.released_by.strip():
+        rejection = _reject(RejectionReason.INVALID_FIELD, "released_by must not be empty")
+    elif isinstance(body, RejectPayment) and not body.rejected_by.strip():
+        rejection = _reject(RejectionReason.INVALID_FIELD, "rejected_by must not be empty")
     if rejection is None:
         rejection = _check_card_data(body)
     if rejection is None and (find_pan(command.origin) or looks_like_cvv_field("origin", command.origin)):

@@ -302,6 +302,12 @@ TERMINAL_EVENTS: Final[dict[str, frozenset[str]]] = {
     "AddPaymentMethod": _names(PaymentMethodAdded, CommandRejected),
     "RemovePaymentMethod": _names(PaymentMethodRemoved, CommandRejected),
     "ErasePaymentMethod": _names(PaymentMethodRemoved, CommandRejected),
+    # Fraud review: a release's results are those of an authorization; a reject fails the payment.
+    "ReleasePayment": _names(
+        PaymentSucceeded, PaymentAuthorized, PaymentRequiresAction, PaymentFailed, PaymentCanceled,
+        PaymentOutcomeUnknown, CommandRejected,
+    ),
+    "RejectPayment": _names(PaymentFailed, CommandRejected),
 }
 """Which event types end each command type (invariant I2).
 
@@ -313,12 +319,21 @@ causation are progress (``PaymentCreated`` on acceptance, ``PaymentCaptured`` ju
 After ``PaymentOutcomeUnknown`` the command is finished; the later resolution (reconciler or
 webhook) is caused by that reconciliation or notification id, never by the command again.
 Likewise, progress after ``PaymentRequiresAction`` is caused by the gateway notification.
-``DisputeOpened``, ``DisputeClosed`` and ``FraudDecision`` never end a command.
+``DisputeOpened`` and ``DisputeClosed`` never end a command.
+
+``FraudDecision`` is the one field-aware case (``is_terminal``): for a ``CreatePayment`` an
+active (``shadow=false``) ``review`` decision is terminal, like ``PaymentRequiresAction``: the
+payment waits for a human and later progress is caused by the ``ReleasePayment``,
+``RejectPayment`` or ``CancelPayment`` command. ``allow``/``block`` decisions and every shadow
+decision are progress (an allowed payment ends with its authorization's result, a blocked one
+with ``PaymentFailed``). It is therefore not listed in ``TERMINAL_EVENTS``.
 """
 
 
 def is_terminal(command_type: str, body: EventBody) -> bool:
     """True when ``body`` is a terminal result event for a command of ``command_type``."""
+    if isinstance(body, FraudDecision):
+        return command_type == "CreatePayment" and body.decision is FraudOutcome.REVIEW and not body.shadow
     return body.AVRO_NAME in TERMINAL_EVENTS.get(command_type, frozenset())
 
 

@@ -44,6 +44,8 @@ from paystream.core.commands import (
     CreatePayment,
     ErasePaymentMethod,
     RefundPayment,
+    RejectPayment,
+    ReleasePayment,
     RemovePaymentMethod,
     validate,
 )
@@ -53,6 +55,8 @@ from paystream.core.events import (
     DisputeOpened,
     DisputeOutcome,
     EventBody,
+    FraudDecision,
+    FraudOutcome,
     PaymentAuthorized,
     PaymentCanceled,
     PaymentCaptured,
@@ -76,6 +80,9 @@ __all__ = [
     "DisputeInfo",
     "DisputeStatus",
     "Effect",
+    "FraudHold",
+    "FraudHoldStatus",
+    "FraudVerdictInput",
     "GatewayOperation",
     "GatewayReply",
     "Input",
@@ -88,9 +95,11 @@ __all__ = [
     "RefundRecord",
     "RefundStatus",
     "ReplyStatus",
+    "RequestFraudCheck",
     "check_invariants",
     "decide",
     "gateway_idempotency_key",
+    "is_busy",
     "next_gateway",
     "pending_effect",
     "reconcile_effects",
@@ -101,6 +110,7 @@ DEFAULT_GATEWAY: Final = "simulated"  # used when a CreatePayment reaches decide
 MAX_GATEWAY_ATTEMPTS: Final = 3  # calls per operation when the gateway says "retry safely"
 MAX_SEEN_NOTIFICATIONS: Final = 64
 DEFAULT_DECLINE_CODE: Final = "card_declined"
+FRAUD_DECLINE_CODE: Final = "fraud_suspected"
 PROCESSING_ERROR: Final = "processing_error"
 
 
@@ -180,6 +190,20 @@ class PendingOperation:
     outcome_unknown: bool = False
 
 
+class FraudHoldStatus(StrEnum):
+    CHECKING = "checking"  # the fraud check is out; commands of the payment queue meanwhile
+    REVIEW = "review"  # a human decides (ReleasePayment / RejectPayment / CancelPayment)
+
+
+@dataclass(frozen=True, slots=True)
+class FraudHold:
+    """A new payment held by the fraud check before any gateway call."""
+
+    status: FraudHoldStatus
+    command_id: str  # the CreatePayment being checked: the verdict must name it
+    requested_at: int  # epoch ms the check was requested (the verdict timeout counts from here)
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentState:
     payment_id: str
@@ -205,6 +229,9 @@ class PaymentState:
     # The gateways this payment may use, in order (core.routing); ``gateway`` is the one in use.
     # Empty in records written before routing existed: then ``gateway`` alone, no failover.
     route: tuple[str, ...] = ()
+    # Set while the fraud check holds the payment (checking, or in review); absent in records
+    # written before fraud checks existed.
+    fraud: FraudHold | None = None
 
     @property
     def pending_refunds(self) -> int:
@@ -217,6 +244,16 @@ class PaymentState:
 
     def refund(self, refund_id: str) -> RefundRecord | None:
         return next((r for r in self.refunds if r.refund_id == refund_id), None)
+
+
+def is_busy(state: PaymentState | None) -> bool:
+    """Whether a command for the payment must wait in its queue: a gateway call is in flight
+    (outcome not yet unknown) or the fraud check has not answered yet."""
+    if state is None:
+        return False
+    if state.pending is not None and not state.pending.outcome_unknown:
+        return True
+    return state.fraud is not None and state.fraud.status is FraudHoldStatus.CHECKING
 
 
 def totals(state: PaymentState) -> PaymentTotals:
@@ -337,7 +374,20 @@ class ReconcileResult:
     message: str | None = None
 
 
-Input = Command | GatewayReply | Notification | ReconcileResult
+@dataclass(frozen=True, slots=True)
+class FraudVerdictInput:
+    """The fraud check's answer for the ``CreatePayment`` ``command_id``.
+
+    ``decision`` is the active rule set's (it decides); ``shadow`` the candidate rule set's,
+    only reported. Both are published as ``FraudDecision`` events (shadow with ``shadow=True``).
+    """
+
+    command_id: str
+    decision: FraudDecision
+    shadow: FraudDecision | None = None
+
+
+Input = Command | GatewayReply | Notification | ReconcileResult | FraudVerdictInput
 
 
 # --- Outputs --------------------------------------------------------------------------------
@@ -360,7 +410,16 @@ class CallGateway:
     capture: bool = False  # authorize only: purchase (authorize and capture) in one call
 
 
-Effect = CallGateway
+@dataclass(frozen=True, slots=True)
+class RequestFraudCheck:
+    """Ask the agent to run the fraud check of the accepted ``CreatePayment`` ``command_id``;
+    the answer comes back as ``FraudVerdictInput``."""
+
+    payment_id: str
+    command_id: str
+
+
+Effect = CallGateway | RequestFraudCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,7 +610,8 @@ _REFUNDABLE: Final = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY
 
 
 def _create(
-    state: PaymentState | None, command: Command, body: CreatePayment, now: int, route: tuple[str, ...]
+    state: PaymentState | None, command: Command, body: CreatePayment, now: int, route: tuple[str, ...],
+    fraud_check: bool = False,
 ) -> Decision:
     if state is not None:
         return _reject(state, command, RejectionReason.PAYMENT_ALREADY_EXISTS, "a payment with this id exists")
@@ -577,9 +637,15 @@ def _create(
         updated_at=now,
         route=route,
     )
-    new_state, effect = _start(
-        created, GatewayOperation.AUTHORIZE, causation_id=command.command_id, amount=body.amount, now=now
-    )
+    effect: Effect
+    if fraud_check:
+        # No gateway call yet: the fraud check's verdict decides whether there is one.
+        new_state = replace(created, fraud=FraudHold(FraudHoldStatus.CHECKING, command.command_id, now))
+        effect = RequestFraudCheck(payment_id=command.payment_id, command_id=command.command_id)
+    else:
+        new_state, effect = _start(
+            created, GatewayOperation.AUTHORIZE, causation_id=command.command_id, amount=body.amount, now=now
+        )
     event = PaymentCreated(
         customer_id=body.customer_id,
         amount=body.amount,
@@ -646,7 +712,70 @@ def _refund(state: PaymentState, command: Command, body: RefundPayment, now: int
     return Decision(new_state, (), (effect,), causation_id=command.command_id)
 
 
-def _decide_command(state: PaymentState | None, command: Command, now: int, route: tuple[str, ...]) -> Decision:
+def _release(state: PaymentState, command: Command, now: int) -> Decision:
+    """A reviewer releases a held payment: the authorization it was waiting for starts now."""
+    base = replace(state, fraud=None, updated_at=now)
+    new_state, effect = _start(base, GatewayOperation.AUTHORIZE, causation_id=command.command_id,
+                               amount=state.amount, now=now)
+    return Decision(new_state, (), (effect,), causation_id=command.command_id)
+
+
+def _fraud_failed(state: PaymentState, now: int, message: str, causation: str) -> Decision:
+    """Failed for fraud, no gateway call made (nothing was authorized)."""
+    new_state = replace(state, status=PaymentStatus.FAILED, fraud=None, pending=None, updated_at=now)
+    return Decision(new_state, (PaymentFailed(decline_code=FRAUD_DECLINE_CODE, message=message, gateway=None),),
+                    causation_id=causation)
+
+
+def _fraud_hold_command(state: PaymentState, command: Command, now: int) -> Decision | None:
+    """Commands of a payment the fraud check holds (None: handled as usual)."""
+    hold, body = state.fraud, command.body
+    if hold is None:
+        if isinstance(body, ReleasePayment | RejectPayment):
+            return _reject(state, command, RejectionReason.PAYMENT_NOT_IN_REVIEW, f"payment is {state.status.value}")
+        return None
+    if hold.status is FraudHoldStatus.CHECKING:
+        # The processor queues commands until the verdict; a direct caller gets a rejection.
+        return _reject(state, command, RejectionReason.OPERATION_IN_PROGRESS, "the fraud check has not answered")
+    if isinstance(body, ReleasePayment):
+        return _release(state, command, now)
+    if isinstance(body, RejectPayment):
+        return _fraud_failed(state, now, "rejected in fraud review", command.command_id)
+    if isinstance(body, CancelPayment):
+        new_state = replace(state, status=PaymentStatus.CANCELED, fraud=None, updated_at=now)
+        return Decision(new_state, (PaymentCanceled(reason=body.reason, released=0),), causation_id=command.command_id)
+    return None  # capture, refund: rejected by their own gates (nothing is authorized)
+
+
+def _on_fraud_verdict(state: PaymentState | None, verdict: FraudVerdictInput, now: int) -> Decision:
+    """The fraud check answered: allow → authorize, block → failed, review → held for a human.
+
+    Only the verdict for the hold's CreatePayment while it is checking counts; a late one (after
+    the verdict timeout's synthetic review, say) or a duplicate changes nothing.
+    """
+    if state is None:
+        return _ignore(state, "unknown_payment")
+    hold = state.fraud
+    if hold is None or hold.status is not FraudHoldStatus.CHECKING or hold.command_id != verdict.command_id:
+        return _ignore(state, "stale_fraud_verdict")
+    cause = hold.command_id
+    events: tuple[EventBody, ...] = (replace(verdict.decision, shadow=False),)
+    if verdict.shadow is not None:
+        events = (*events, replace(verdict.shadow, shadow=True))
+    outcome = verdict.decision.decision
+    if outcome is FraudOutcome.ALLOW:
+        base = replace(state, fraud=None, updated_at=now)
+        new_state, effect = _start(base, GatewayOperation.AUTHORIZE, causation_id=cause, amount=state.amount, now=now)
+        return Decision(new_state, events, (effect,), causation_id=cause)
+    if outcome is FraudOutcome.BLOCK:
+        failed = _fraud_failed(state, now, "blocked by fraud rules", cause)
+        return replace(failed, events=(*events, *failed.events))
+    held = replace(state, fraud=replace(hold, status=FraudHoldStatus.REVIEW), updated_at=now)
+    return Decision(held, events, causation_id=cause)
+
+
+def _decide_command(state: PaymentState | None, command: Command, now: int, route: tuple[str, ...],
+                    fraud_check: bool = False) -> Decision:
     body = command.body
     if isinstance(body, AddPaymentMethod | RemovePaymentMethod | ErasePaymentMethod):  # core.methods decides these
         return _reject(state, command, RejectionReason.UNSUPPORTED_COMMAND, "not a payment command")
@@ -654,11 +783,16 @@ def _decide_command(state: PaymentState | None, command: Command, now: int, rout
     if rejection is not None:
         return Decision(state=state, rejection=rejection, causation_id=command.command_id)
     if isinstance(body, CreatePayment):
-        return _create(state, command, body, now, route)
+        return _create(state, command, body, now, route, fraud_check)
     if state is None:
         return _reject(state, command, RejectionReason.PAYMENT_NOT_FOUND, "no payment with this id")
     if state.payment_id != command.payment_id:
         return _reject(state, command, RejectionReason.INVALID_FIELD, "payment_id does not match the state")
+    held = _fraud_hold_command(state, command, now)
+    if held is not None:
+        return held
+    if isinstance(body, ReleasePayment | RejectPayment):  # unreachable: _fraud_hold_command answers these
+        return _reject(state, command, RejectionReason.PAYMENT_NOT_IN_REVIEW, f"payment is {state.status.value}")
     if isinstance(body, CapturePayment):
         return _capture(state, command, body, now)
     if isinstance(body, CancelPayment):
@@ -1113,6 +1247,8 @@ def _on_dispute(state: PaymentState, n: Notification, now: int) -> Decision:
 def _on_notification(state: PaymentState | None, n: Notification, now: int) -> Decision:
     if state is None:
         return _ignore(state, "unknown_payment")
+    if state.fraud is not None:
+        return _ignore(state, "held_by_fraud_check")  # no gateway was called: nothing can be known there
     if n.notification_id in state.seen_notifications:
         return _ignore(state, "duplicate_notification")
     if n.currency is not None and n.currency != state.currency:
@@ -1137,16 +1273,20 @@ def _on_notification(state: PaymentState | None, n: Notification, now: int) -> D
 # --- Entry point ----------------------------------------------------------------------------
 
 
-def decide(state: PaymentState | None, inp: Input, now_ms: int, *, route: tuple[str, ...] = ()) -> Decision:
+def decide(state: PaymentState | None, inp: Input, now_ms: int, *, route: tuple[str, ...] = (),
+           fraud_check: bool = False) -> Decision:
     """The next state, the events to publish and the gateway calls to make, for one input.
 
     ``route`` is a new payment's route (``core.routing``: primary gateway first, then the ones
     it may fail over to), only read for a ``CreatePayment``; empty: the command's gateway (or
-    ``DEFAULT_GATEWAY``) alone. Never raises for any input or state; invalid commands come back
-    as ``rejection``.
+    ``DEFAULT_GATEWAY``) alone. ``fraud_check``: an accepted ``CreatePayment`` is held for the
+    fraud check (``RequestFraudCheck`` effect) instead of starting its authorization. Never
+    raises for any input or state; invalid commands come back as ``rejection``.
     """
     if isinstance(inp, Command):
-        return _decide_command(state, inp, now_ms, route)
+        return _decide_command(state, inp, now_ms, route, fraud_check)
+    if isinstance(inp, FraudVerdictInput):
+        return _on_fraud_verdict(state, inp, now_ms)
     if isinstance(inp, GatewayReply):
         return _on_reply(state, inp, now_ms)
     if isinstance(inp, ReconcileResult):

@@ -45,6 +45,8 @@ class RejectionReason(StrEnum):
     ENCRYPTION_UNAVAILABLE = "encryption_unavailable"  # no encryption key configured: tokens not stored
     # Routing (core.routing): the named gateway, or every gateway of the route, is switched off.
     GATEWAY_UNAVAILABLE = "gateway_unavailable"
+    # Fraud review (ReleasePayment / RejectPayment for a payment that is not held for review).
+    PAYMENT_NOT_IN_REVIEW = "payment_not_in_review"
     # After acceptance: the gateway refused a capture/cancel (CommandRejected as the result).
     GATEWAY_ERROR = "gateway_error"
 

@@ -124,7 +124,7 @@ class Collector:
     def terminal_causations(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
         for r in self.records:
-            if r["_type"] in TERMINAL_TYPES:
+            if is_terminal_record(r):
                 counts[r["causation_command_id"]] += 1
         return counts
 
@@ -138,3 +138,15 @@ TERMINAL_TYPES = {
     "PaymentOutcomeUnknown", "CommandRejected", "RefundProcessed", "RefundFailed", "PaymentMethodAdded",
     "PaymentMethodRemoved",
 }
+
+
+def is_terminal_record(record: dict[str, Any]) -> bool:
+    """Whether an event (as the Collector reads it) ends its causation command (I2).
+
+    By type, except ``FraudDecision``: an active (not shadow) ``review`` decision ends the
+    CreatePayment it was made for (a human decides later, by ReleasePayment/RejectPayment/
+    CancelPayment); allow/block decisions and shadow decisions are progress."""
+    if record["_type"] == "FraudDecision":
+        body = record["event"][1]
+        return body["decision"] == "review" and not body["shadow"]
+    return record["_type"] in TERMINAL_TYPES

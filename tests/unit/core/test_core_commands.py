@@ -24,6 +24,8 @@ from paystream.core.commands import (
     CreatePayment,
     ErasePaymentMethod,
     RefundPayment,
+    RejectPayment,
+    ReleasePayment,
     RemovePaymentMethod,
     command_type,
     fingerprint,
@@ -55,6 +57,9 @@ BODIES: list[CommandBody] = [
     ),
     RemovePaymentMethod(customer_id="cus_1"),
     ErasePaymentMethod(customer_id="cus_1", reason="gdpr_request"),
+    ReleasePayment(released_by="analyst-7", note="known customer"),
+    ReleasePayment(released_by="analyst-7"),
+    RejectPayment(rejected_by="analyst-7", reason="stolen card"),
 ]
 
 
