@@ -95,7 +95,8 @@ def reset_kafka(settings: Settings, app_id: str) -> list[str]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            topics.ensure_topics(settings.kafka_bootstrap, app_id, settings.partitions)
+            topics.ensure_topics(settings.kafka_bootstrap, app_id, settings.partitions,
+                                  settings=settings.topic_settings())
             break
         except Exception:
             if time.monotonic() > deadline:

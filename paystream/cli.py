@@ -73,7 +73,7 @@ def _setup() -> None:
     from streams.avro import register_schemas, registry_client
 
     s = get_settings()
-    created = topics.ensure_topics(s.kafka_bootstrap, s.app_id, s.partitions)
+    created = topics.ensure_topics(s.kafka_bootstrap, s.app_id, s.partitions, settings=s.topic_settings())
     ids = register_schemas(registry_client(s.schema_registry_url))
     applied = migrate(s.postgres_dsn)
     click.echo(f"[setup] topics created: {len(created)}; schemas: {ids}; migrations applied: {len(applied)}")
@@ -134,6 +134,53 @@ def db_migrate() -> None:
 
     applied = migrate(get_settings().postgres_dsn)
     click.echo(f"applied {len(applied)} migration(s): {[m.name for m in applied]}")
+
+
+@db.command("rebuild", help="Rebuild a sink database from Kafka: create it if missing (it must be empty), apply "
+                            "the migrations, replay payment.events, the gateway replies, the vault and the audit "
+                            "topics from the beginning up to their end offsets at start, through the sinks' own "
+                            "write path (docs/operations.md).")
+@click.option("--dsn", default=None, help="Postgres DSN (default: PAYSTREAM_POSTGRES_DSN)")
+@click.option("--database", default=None, help="database name, replacing the DSN's (created when missing)")
+@click.option("--only", "only", default="events,methods,audit", show_default=True,
+              help="sources to replay: events (payments, payment_events, refunds, payment_transactions), "
+                   "methods (payment_methods, customer_gateway_tokens), audit (audit_log)")
+@click.option("--force", is_flag=True, help="replay into a database that already holds rows (idempotent writes)")
+@click.option("--allow-truncated", is_flag=True,
+              help="go on when retention already deleted the beginning of a topic (the result misses it)")
+@click.option("--batch-size", default=2000, show_default=True, help="messages per Postgres transaction")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def db_rebuild(dsn: str | None, database: str | None, only: str, force: bool, allow_truncated: bool,
+               batch_size: int, as_json: bool) -> None:
+    from sinks.rebuild import RebuildError, describe_end_offsets, rebuild, target_dsn
+
+    s = get_settings()
+    target = target_dsn(dsn or s.postgres_dsn, database)
+    sources = [part.strip() for part in only.split(",") if part.strip()]
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        report = rebuild(bootstrap=s.kafka_bootstrap, registry_url=s.schema_registry_url, dsn=target,
+                         app_id=s.app_id, sources=sources, force=force, allow_truncated=allow_truncated,
+                         batch_size=batch_size, stop=lambda: stopping)
+    except RebuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"database": report.database, "created": report.created,
+                               "migrations": report.migrations, "messages": report.messages,
+                               "events": report.events, "replies": report.replies, "skipped": report.skipped,
+                               "seconds": round(report.seconds, 3), "counts": report.counts,
+                               "sources": {p.source: {"messages": p.messages, "seconds": round(p.seconds, 3)}
+                                           for p in report.sources},
+                               "end_offsets": describe_end_offsets(report)}))
+    else:
+        click.echo(report.summary())
 
 
 @main.group(help="Schema registry commands.")

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.topics import TopicSettings
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore")
@@ -23,6 +25,22 @@ class Settings(BaseSettings):
     )
     postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:15432/paystream", description="sink database")
     partitions: int = Field(4, description="partitions of the payment topics (all co-partitioned)")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="replication factor of the topics paystream creates (3 in production, 1 locally)"
+    )
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of paystream's topics (2 with a replication factor of 3); "
+        "at most the replication factor"
+    )
+    topic_records_retention_ms: int = Field(
+        -1, ge=-1,
+        description="retention.ms of the record topics (payment.events, gateway replies, audit, dead letters): the "
+        "history `paystream db rebuild` replays; -1 keeps them indefinitely (docs/operations.md)",
+    )
+    topic_working_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, ge=-1,
+        description="retention.ms of the working topics (payment.requests, payment.webhooks, gateway calls)",
+    )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
     store: str = Field("memory://", description="faust table store URL")
@@ -101,6 +119,12 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="address the sink's HTTP server (/metrics, /health, /ready) binds; 0.0.0.0 in a container",
     )
+
+    def topic_settings(self) -> TopicSettings:
+        return TopicSettings(partitions=self.partitions, replication_factor=self.topic_replication_factor,
+                             min_insync_replicas=self.topic_min_insync_replicas,
+                             records_retention_ms=self.topic_records_retention_ms,
+                             working_retention_ms=self.topic_working_retention_ms)
 
     def disabled_gateways(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.gateways_disabled.split(",") if name.strip())

@@ -97,7 +97,7 @@ def fraud_changelogs(settings: Settings) -> dict[str, dict[str, str]]:
 def prepare(settings: Settings) -> None:
     """Idempotent set-up every worker does before it joins the group."""
     created = topics.ensure_topics(settings.kafka_bootstrap, settings.app_id, settings.partitions,
-                                   extra=fraud_changelogs(settings))
+                                   settings=settings.topic_settings(), extra=fraud_changelogs(settings))
     if created:
         log.info("created topics %s", created)
     register_schemas(registry_client(settings.schema_registry_url))

@@ -315,7 +315,12 @@ class EventSink:
         batch_wait_s: float = 0.2,
         replies_topic: str | None = topics.gateway_replies("paystream"),
         status: SinkStatus | None = None,
+        consumer: Consumer | None = None,
+        dead_letters: bool = True,
     ) -> None:
+        """``consumer``: read with this one instead (``sinks/rebuild.py`` assigns partitions itself);
+        ``dead_letters=False``: an undecodable message is only counted in ``skipped`` (a rebuild
+        must not dead-letter the same message a second time)."""
         self.dsn = dsn
         self.replies_topic = replies_topic
         self.status = status or SinkStatus()
@@ -323,7 +328,7 @@ class EventSink:
         self.codec = codec
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
-        self.consumer = Consumer(
+        self.consumer = consumer or Consumer(
             {
                 "bootstrap.servers": bootstrap,
                 "group.id": group,
@@ -333,9 +338,12 @@ class EventSink:
                 "enable.partition.eof": False,
             }
         )
-        self.deadletters = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self.deadletters = (Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+                            if dead_letters else None)
         self.conn: psycopg.Connection | None = None
-        self.stored = 0
+        self.stored = 0  # new payment_events rows
+        self.replies = 0  # gateway replies written (payment_transactions upserts)
+        self.skipped = 0  # undecodable messages (dead-lettered, or only counted)
 
     def _connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -362,6 +370,11 @@ class EventSink:
         return True
 
     def _dead_letter(self, msg: Message, error: str) -> None:
+        self.skipped += 1
+        if self.deadletters is None:
+            log.warning("undecodable message %s[%s]@%s skipped: %s", msg.topic(), msg.partition(), msg.offset(),
+                        error[:200])
+            return
         DEAD.inc()
         self.deadletters.produce(
             topics.DEADLETTER,
@@ -435,6 +448,7 @@ class EventSink:
                 BATCHES.inc()
                 LAST_COMMIT.set(time.time())
                 self.stored += new
+                self.replies += len(replies)
                 return True
             except psycopg.OperationalError as exc:
                 self.status.postgres(False, str(exc).strip()[:200])
@@ -445,6 +459,13 @@ class EventSink:
                     return False
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def store_messages(self, msgs: list[Message], stop: Callable[[], bool] = lambda: False) -> bool:
+        """Decode a batch of payment.events and gateway-replies messages and write it in one
+        Postgres transaction (retried while Postgres is unavailable); False if asked to stop first.
+        The one write path of the sink's loop and of ``paystream db rebuild``."""
+        events, replies = self._decode(msgs)
+        return not (events or replies) or self._store(events, replies, stop)
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
@@ -481,8 +502,7 @@ class EventSink:
                     if time.monotonic() - self._last_ping >= PING_INTERVAL_S:
                         self.ping()
                     continue
-                events, replies = self._decode(msgs)
-                if (events or replies) and not self._store(events, replies, stop):
+                if not self.store_messages(msgs, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
                 self._last_ping = time.monotonic()
                 self.consumer.commit(asynchronous=False)

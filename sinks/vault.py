@@ -46,12 +46,12 @@ class JsonTopicSink:
     name = "sink"
 
     def __init__(self, bootstrap: str, dsn: str, topic: str, group: str, batch_size: int = 500,
-                 batch_wait_s: float = 0.2) -> None:
+                 batch_wait_s: float = 0.2, consumer: Consumer | None = None) -> None:
         self.dsn = dsn
         self.topic = topic
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
-        self.consumer = Consumer({
+        self.consumer = consumer or Consumer({
             "bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed",
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
         })
@@ -83,6 +83,19 @@ class JsonTopicSink:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def store_messages(self, msgs: list[Message], stop: Callable[[], bool] = lambda: False) -> bool:
+        """Write a batch in one Postgres transaction (retried while Postgres is unavailable);
+        False if asked to stop first. The one write path of the loop and of ``paystream db rebuild``."""
+        records: list[Record] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error %s", self.name, err.code())
+                continue
+            records.append((msg.key(), msg.value()))
+        return not records or self._store(records, stop)
+
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         self.consumer.subscribe([self.topic])
         try:
@@ -90,15 +103,7 @@ class JsonTopicSink:
                 msgs: list[Message] = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_wait_s)
                 if not msgs:
                     continue
-                records: list[Record] = []
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("%s: consumer error %s", self.name, err.code())
-                        continue
-                    records.append((msg.key(), msg.value()))
-                if records and not self._store(records, stop):
+                if not self.store_messages(msgs, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
                 self.consumer.commit(asynchronous=False)
         finally:

@@ -5,8 +5,8 @@
   same as the agents'); answered only once Kafka has it.
 * ``GET /payments/{id}``: the live state from the ``payments`` table, answered by the worker
   that owns the key's partition (faust ``table_route`` forwards the request there).
-* ``GET /payments?order_id=``, ``/payments/{id}/history``, ``/customers/{id}/payment-methods``:
-  from the sink's Postgres tables.
+* ``GET /payments?order_id=&customer_id=&from=&to=&cursor=`` (history listings, keyset-paginated),
+  ``/payments/{id}/history``, ``/customers/{id}/payment-methods``: from the sink's Postgres tables.
 * The command facade: ``POST /payments`` and friends become Avro commands on
   ``payment.requests``; the ``Idempotency-Key`` header is the command id.
 * ``/health`` and ``/ready`` for the orchestrator.
@@ -30,6 +30,7 @@ import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, Final, TypeVar
 
@@ -53,7 +54,7 @@ from paystream.web.models import (
     RefundPaymentRequest,
     validation_reasons,
 )
-from paystream.web.queries import PgPool, Queries
+from paystream.web.queries import PageKey, PgPool, Queries
 from streams import topics
 from streams.avro import RegistryUnavailable
 
@@ -342,6 +343,30 @@ def built(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
                                                           "msg": exc.rejection.detail}]) from None
 
 
+#: Epoch milliseconds accepted as a time filter: 1970-01-01 up to the end of year 9999.
+MAX_EPOCH_MS: Final = 253_402_300_799_999
+
+
+def epoch_ms_filter(query: Mapping[str, str], name: str) -> datetime | None:
+    """A time filter in epoch milliseconds (UTC), like every timestamp of the API; 400 otherwise."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15 or int(raw) > MAX_EPOCH_MS:
+        raise HttpError(400, "invalid_filter", detail=f"{name}: epoch milliseconds, 0..{MAX_EPOCH_MS}")
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(raw))  # exact, no float
+
+
+def page_cursor(raw: str | None) -> PageKey | None:
+    """The ``cursor`` of a listing (the ``next_cursor`` of the page before); 400 ``invalid_cursor``."""
+    if raw is None:
+        return None
+    try:
+        return PageKey.decode(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "invalid_cursor", detail="give the next_cursor of the page before, unchanged") from None
+
+
 def _limit(request: Request) -> int:
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 500:
@@ -486,21 +511,31 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
         async def get(self, request: Request) -> Response:
             query = request.query
             order_id, customer_id = query.get("order_id"), query.get("customer_id")
+            created_from, created_to = epoch_ms_filter(query, "from"), epoch_ms_filter(query, "to")
             bound = bound_customer(request)
-            if order_id is None and customer_id is None and bound is None:
-                raise HttpError(400, "filter_required", detail="give order_id or customer_id")
+            if order_id is None and customer_id is None and created_from is None and created_to is None \
+                    and bound is None:
+                raise HttpError(400, "filter_required", detail="give order_id, customer_id, from or to")
             for name, value in (("order_id", order_id), ("customer_id", customer_id)):
                 if value is not None:
                     filter_id(name, value)
+            if created_from is not None and created_to is not None and created_from >= created_to:
+                raise HttpError(400, "invalid_filter", detail="from must be before to")
+            after = page_cursor(query.get("cursor"))
             if bound is not None:  # a bound key lists only its customer's payments, also by order
                 if customer_id is not None:
                     require_customer(request, customer_id)
                 customer_id = bound
-            rows = await edge.query(edge.queries.payments_by(order_id=order_id, customer_id=customer_id,
-                                                             limit=_limit(request)))
-            resource = f"order:{order_id}" if order_id else f"customer:{customer_id}"
-            edge.audit(actor_of(request), "payment.list", resource, "ok", origin_of(request), {"count": len(rows)})
-            return self.json({"payments": rows})
+            page = await edge.query(edge.queries.payments_by(
+                order_id=order_id, customer_id=customer_id, limit=_limit(request),
+                created_from=created_from, created_to=created_to, after=after))
+            resource = (f"order:{order_id}" if order_id else f"customer:{customer_id}" if customer_id
+                        else "payments")
+            detail: dict[str, Any] = {"count": len(page.rows)}
+            detail.update({k: query[k] for k in ("from", "to") if k in query})
+            edge.audit(actor_of(request), "payment.list", resource, "ok", origin_of(request), detail)
+            return self.json({"payments": page.rows,
+                              "next_cursor": page.next_key.encode() if page.next_key else None})
 
         @edge.endpoint("payment.create", scope=Scope.WRITE)
         async def post(self, request: Request) -> Response:

@@ -38,6 +38,11 @@ def test_the_reference_holds_what_the_sink_and_the_edge_rely_on() -> None:
         "constraint payment_transactions.payment_transactions_key_kind UNIQUE: UNIQUE (idempotency_key, kind)",
         "index payments.payments_gateway_ref: CREATE INDEX payments_gateway_ref ON public.payments "
         "USING btree (gateway, gateway_ref)",
+        # the edge's history listings, keyset-paginated on (created_at, payment_id)
+        "index payments.payments_customer_created: CREATE INDEX payments_customer_created ON public.payments "
+        "USING btree (customer_id, created_at, payment_id)",
+        "index payments.payments_created: CREATE INDEX payments_created ON public.payments "
+        "USING btree (created_at, payment_id)",
     ):
         assert line in text
 

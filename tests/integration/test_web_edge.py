@@ -378,7 +378,10 @@ def test_customer_bound_key_sees_and_commands_only_its_customer(edge: EdgeWorker
         r = bound.get("/payments", params={"customer_id": "cus_web"})
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
         assert admin.get("/payments", params={"order_id": foreign_body["order_id"]}).json()["payments"]
-        assert bound.get("/payments", params={"order_id": foreign_body["order_id"]}).json() == {"payments": []}
+        assert bound.get("/payments", params={"order_id": foreign_body["order_id"]}).json() == {
+            "payments": [], "next_cursor": None}
+        in_range = bound.get("/payments", params={"from": started, "limit": 500}).json()["payments"]
+        assert own in [p["payment_id"] for p in in_range] and foreign not in [p["payment_id"] for p in in_range]
         listed = bound.get("/payments", params={"limit": 500}).json()["payments"]
         assert own in [p["payment_id"] for p in listed]
         assert {p["customer_id"] for p in listed} == {BOUND_CUSTOMER}
@@ -408,3 +411,60 @@ def test_customer_bound_key_sees_and_commands_only_its_customer(edge: EdgeWorker
     assert len(denied) == 10
     assert {r.resource for r in denied} >= {f"payment:{foreign}", "customer:cus_web"}
     assert all(r.outcome == "rejected" for r in denied)
+
+
+def test_history_by_customer_and_time_range_pages_with_a_cursor(edge: EdgeWorker) -> None:
+    customer = f"cus_hist_{uuid.uuid4().hex[:10]}"
+    with edge.client() as c, edge.client(API_KEY_READ) as reader:
+        started = time.time_ns() // 1_000_000
+        for _ in range(5):
+            r = c.post("/payments", json=create_body(customer_id=customer), headers=idem())
+            assert r.status_code == 202, r.text
+            time.sleep(0.02)  # distinct creation times, most of the time
+        deadline = time.monotonic() + 60
+        while True:  # the sink stores them a moment later
+            everything = c.get("/payments", params={"customer_id": customer, "limit": 500}).json()
+            if len(everything["payments"]) == 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        rows = everything["payments"]
+        assert len(rows) == 5 and everything["next_cursor"] is None
+        assert rows == sorted(rows, key=lambda p: (p["created_at"], p["payment_id"]))
+
+        # keyset pages of two: 2 + 2 + 1, each page carries on where the one before ended
+        pages, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"customer_id": customer, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            r = reader.get("/payments", params=params)
+            assert r.status_code == 200, r.text
+            pages.append([p["payment_id"] for p in r.json()["payments"]])
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert [len(p) for p in pages] == [2, 2, 1]
+        assert [pid for page in pages for pid in page] == [p["payment_id"] for p in rows]
+
+        # a time range: from inclusive, to exclusive, on the creation time (epoch ms)
+        lo, hi = rows[1]["created_at"], rows[3]["created_at"]
+        if lo < hi:
+            r = c.get("/payments", params={"customer_id": customer, "from": lo, "to": hi})
+            assert [p["payment_id"] for p in r.json()["payments"]] == [
+                p["payment_id"] for p in rows if lo <= p["created_at"] < hi]
+        # a time range alone lists every customer's payments of that window
+        r = c.get("/payments", params={"from": started, "to": rows[-1]["created_at"] + 1, "limit": 500})
+        assert r.status_code == 200
+        assert {p["payment_id"] for p in rows} <= {p["payment_id"] for p in r.json()["payments"]}
+        assert all(started <= p["created_at"] <= rows[-1]["created_at"] for p in r.json()["payments"])
+
+        for params, error in [({"from": "yesterday"}, "invalid_filter"), ({"from": 10, "to": 10}, "invalid_filter"),
+                              ({"customer_id": customer, "cursor": "AAAA"}, "invalid_cursor"),
+                              ({"to": -5}, "invalid_filter")]:
+            r = c.get("/payments", params=params)
+            assert (r.status_code, r.json()["error"]) == (400, error), params
+    with edge.client(API_KEY_BOUND) as bound:  # a bound key's time range holds only its customer
+        r = bound.get("/payments", params={"from": started, "limit": 500})
+        assert r.status_code == 200 and not {p["payment_id"] for p in rows} & {
+            p["payment_id"] for p in r.json()["payments"]}
+        assert {p["customer_id"] for p in r.json()["payments"]} <= {BOUND_CUSTOMER}
