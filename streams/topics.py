@@ -12,7 +12,8 @@ Three kinds of topic (docs/operations.md):
   indefinitely by default (``retention.ms=-1``, ``PAYSTREAM_TOPIC_RECORDS_RETENTION_MS``).
 * **compacted** (the vault topic, the tables' changelogs): the latest record per key is kept.
 * **working** (``payment.requests``, ``payment.webhooks``, the gateway calls, the fraud check,
-  verdict and admin topics): inputs that are done with once processed; ``PAYSTREAM_TOPIC_WORKING_RETENTION_MS`` (7 days by default).
+  verdict and admin topics): inputs that are done with once processed;
+  ``PAYSTREAM_TOPIC_WORKING_RETENTION_MS`` (7 days by default).
 
 Settings given at creation are re-applied to existing topics on every ``ensure_topics``
 (incremental alter: retention, min ISR, cleanup policy), so a changed retention reaches a
