@@ -75,6 +75,8 @@ class GatewayResult:
     latency_ms: float = 0.0  # timing only, never money
     action_url: str | None = None
     refund_ref: str | None = None  # the gateway's id of the refund, for refund operations
+    refund_id: str | None = None  # our refund id, when the gateway echoes it (metadata / reference)
+    refund_amount: int | None = None  # this refund's amount (minor units), for refund operations
     replayed: bool = False  # the gateway answered from its idempotency store
 
 

@@ -124,6 +124,8 @@ def result_from_refund(
         raw_status=raw_status,
         latency_ms=latency_ms,
         refund_ref=_str(refund, "id"),
+        refund_id=_opt_str(refund, "refund_id"),
+        refund_amount=_int(refund, "amount") if "amount" in refund else None,
         replayed=replayed,
     )
 

@@ -198,6 +198,8 @@ def result_from_refund(
         raw_status=raw_status,
         latency_ms=latency_ms,
         refund_ref=_str(refund, "id"),
+        refund_id=_opt_str(_opt_mapping(refund, "metadata") or {}, METADATA_REFUND_ID),
+        refund_amount=amount,
         replayed=replayed,
     )
 

@@ -178,8 +178,8 @@ def notification_record(gateway: str, n: GatewayNotification, *, payment_id: str
     """The ``payment.webhooks`` record (gateway_notification.avsc) for ``n``, or why it is ignored.
 
     Amounts: a capture's or authorization's amount is the gateway's total; a refund notification
-    carries no per-refund amount in the protocol (``amount_refunded`` is a running total), so it
-    is left null rather than risk a wrong amount; a dispute's amount rides in ``amount_captured``.
+    carries the refund's own amount when the gateway states it (``refund_amount``; never the
+    running ``amount_refunded`` total); a dispute's amount rides in ``amount_captured``.
     """
     kind = notification_kind(n)
     if kind is None:
@@ -193,9 +193,13 @@ def notification_record(gateway: str, n: GatewayNotification, *, payment_id: str
     elif kind == "action_completed":
         amount = result.amount_authorized or None
     if kind in ("refund_succeeded", "refund_failed"):
-        if not result.refund_ref:
+        # Our refund id when the gateway echoes it (Stripe metadata, the simulated gateway), so
+        # the notification settles the refund paystream asked for (F6); else the gateway's ref,
+        # which the machine records as a refund made outside paystream if it fits.
+        refund_id = result.refund_id or result.refund_ref
+        if not refund_id:
             return Ignored(n.event_id, "refund_id_missing")
-        refund_id = result.refund_ref
+        amount = result.refund_amount
     if kind in _DISPUTE_KINDS:
         if not result.gateway_ref:
             return Ignored(n.event_id, "gateway_ref_missing")

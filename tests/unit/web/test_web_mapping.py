@@ -214,3 +214,20 @@ def test_payment_view_whitelists_fields() -> None:
 def test_payment_view_of_nothing() -> None:
     assert mapping.payment_view("p", None) is None
     assert mapping.payment_view("p", {"state": None, "sequence": 1, "queue": [], "partition": 0}) is None
+
+
+def test_refund_record_carries_our_refund_id_and_its_own_amount_when_the_gateway_echoes_them() -> None:
+    # F6: the simulated gateway's refund.succeeded names our refund id beside its own ref; the
+    # notification must settle *that* refund, with this refund's amount, not the running total.
+    from gateway_clients.simulated.translator import result_from_refund
+
+    result = result_from_refund({"id": "simre_0000000001", "refund_id": "rf-7", "amount": 700, "currency": "usd",
+                                 "status": "succeeded", "payment_ref": "simpay_1",
+                                 "payment": {"id": "simpay_1", "status": "partially_refunded", "currency": "usd",
+                                             "amount_authorized": 2000, "amount_captured": 2000,
+                                             "amount_refunded": 1500}})
+    n = GatewayNotification(event_id="simevt_1", event_type="refund.succeeded", occurred_at=1_700_000_000,
+                            payment_id="pay_1", result=result)
+    record = mapping.notification_record("simulated", n, payment_id="pay_1", received_at=1)
+    assert isinstance(record, dict) and fastavro.validate(record, WEBHOOK_SCHEMA, raise_errors=True)
+    assert (record["kind"], record["refund_id"], record["amount"]) == ("refund_succeeded", "rf-7", 700)
