@@ -37,6 +37,7 @@ from paystream.core.machine import (
     RequestFraudCheck,
     decide,
     is_busy,
+    superseded_call,
     totals,
 )
 from paystream.core.methods import (
@@ -254,7 +255,8 @@ class PaymentProcessor:
         if decision.ignored:
             out.ignored = decision.ignored
             if (decision.ignored == "stale_reply" and isinstance(inp, GatewayReply)
-                    and inp.status in (ReplyStatus.AUTHORIZED, ReplyStatus.CAPTURED)):
+                    and inp.status in (ReplyStatus.AUTHORIZED, ReplyStatus.CAPTURED)
+                    and superseded_call(record.state, inp)):
                 # A call redone after the payment had moved on (a new attempt or another
                 # gateway) says money moved under an old key: that charge is nobody's.
                 ORPHAN_CHARGES.inc()

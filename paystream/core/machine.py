@@ -103,6 +103,7 @@ __all__ = [
     "next_gateway",
     "pending_effect",
     "reconcile_effects",
+    "superseded_call",
     "totals",
 ]
 
@@ -1268,6 +1269,18 @@ def _on_notification(state: PaymentState | None, n: Notification, now: int) -> D
         return decision
     seen = (*decision.state.seen_notifications, n.notification_id)[-MAX_SEEN_NOTIFICATIONS:]
     return replace(decision, state=replace(decision.state, seen_notifications=seen))
+
+
+def superseded_call(state: PaymentState | None, reply: GatewayReply) -> bool:
+    """Whether ``reply`` answers a payment (authorize or capture) call older than the payment's
+    latest one, i.e. made under a key the payment has since replaced (a new attempt, another
+    gateway). Money moved under such a key is nobody's (an orphan charge). A repeated reply to
+    the latest call (the executor is at-least-once) is not superseded: it is a duplicate.
+    """
+    if state is None or reply.operation not in (GatewayOperation.AUTHORIZE, GatewayOperation.CAPTURE):
+        return False
+    latest = state.attempts - 1
+    return latest < 0 or reply.idempotency_key != gateway_idempotency_key(state.payment_id, reply.operation, latest)
 
 
 # --- Entry point ----------------------------------------------------------------------------

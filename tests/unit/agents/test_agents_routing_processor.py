@@ -101,3 +101,22 @@ def test_a_stale_reply_reporting_money_moved_raises_the_orphan_charge_alarm() ->
     out = proc.handle_input("p1", late, NOW)
     assert out.ignored == "stale_reply" and out.events == []
     assert REGISTRY.get_sample_value("paystream_gateway_orphan_charges_total") == before + 1
+
+
+def test_a_repeated_reply_to_the_latest_call_is_a_duplicate_not_an_orphan_charge() -> None:
+    # The executor is at-least-once: the same reply under the payment's latest key can come
+    # twice. That is no orphan charge (chaos worker-kill runs logged dozens of false alarms).
+    from prometheus_client import REGISTRY
+
+    from paystream.core.machine import GatewayOperation, GatewayReply, ReplyStatus
+
+    proc, _ = processor()
+    out = proc.handle_command(create("p2"), NOW)
+    key = out.calls[0].idempotency_key
+    captured = GatewayReply(operation=GatewayOperation.AUTHORIZE, idempotency_key=key, status=ReplyStatus.CAPTURED,
+                            gateway_ref="ch_1", amount_authorized=1500, amount_captured=1500)
+    assert proc.handle_input("p2", captured, NOW).events  # applied
+    before = REGISTRY.get_sample_value("paystream_gateway_orphan_charges_total") or 0.0
+    again = proc.handle_input("p2", captured, NOW)
+    assert again.ignored == "stale_reply" and again.events == []
+    assert (REGISTRY.get_sample_value("paystream_gateway_orphan_charges_total") or 0.0) == before
