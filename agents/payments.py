@@ -513,7 +513,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             log.warning("input %s:%d was dropped by the stream before it was applied: fetching it again",
                         tp.topic, first)
             try:
-                await app.consumer.seek(tp, first)
+                await app.consumer.seek_wait({tp: first})  # in the consumer's own thread
             except Exception:  # revoked meanwhile: its new owner starts from the committed offset
                 log.exception("could not seek %s back to %d", tp, first)
 
