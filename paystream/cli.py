@@ -27,6 +27,44 @@ def main() -> None:
             os.environ.setdefault(key, value)
 
 
+# ------------------------------------------------------------------ settings
+
+
+@main.command("config", help="Print the settings this process would run with (PAYSTREAM_* variables, defaults, "
+                             "the local stack's addresses); secrets are shown as ********. docs/configuration.md "
+                             "explains each.")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, variable → value")
+def config_show(as_json: bool) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pydantic import SecretStr
+
+    from paystream.web.settings import WebSettings
+
+    def shown(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, str) and "://" in value:  # a DSN or URL with a password: hide the password
+            parts = urlsplit(value)
+            if parts.password:
+                netloc = f"{parts.username or ''}:********@{parts.hostname or ''}"
+                netloc += f":{parts.port}" if parts.port else ""
+                return urlunsplit(parts._replace(netloc=netloc))
+        return value
+
+    values: dict[str, object] = {}
+    for model in (get_settings(), WebSettings()):
+        prefix = model.model_config.get("env_prefix", "")
+        for name in type(model).model_fields:
+            values[f"{prefix}{name}".upper()] = shown(getattr(model, name))
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    width = max(map(len, values))
+    for key, value in values.items():
+        click.echo(f"{key:<{width}}  {'' if value is None else value}")
+
+
 # ------------------------------------------------------------------ stack
 
 
