@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image for every paystream process: `paystream worker`, `paystream sink`,
-# `paystream db migrate`, `paystream schemas register`, and the simulated gateway
-# (`python -m gateway_clients.simulated.server`).
+# One image for every paystream process: `paystream worker`, the sinks (`paystream sink`,
+# `paystream customers sink`, `paystream audit sink`), `paystream db migrate`,
+# `paystream schemas register`, and the simulated gateway (`python -m gateway_clients.simulated.server`).
 #
 #   docker build -t paystream:dev .
 #   docker run --rm paystream:dev --help
@@ -47,6 +47,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PAYSTREAM_WEB_HOST=0.0.0.0 \
+    PAYSTREAM_SINK_METRICS_HOST=0.0.0.0 \
     PAYSTREAM_DATADIR=/var/lib/paystream
 RUN groupadd --system --gid 10001 paystream \
  && useradd --system --uid 10001 --gid paystream --home-dir /app --shell /usr/sbin/nologin paystream \
@@ -56,8 +57,9 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build --chown=root:root /app /app
 WORKDIR /app
 USER 10001:10001
-# 6066: worker web (faust: /metrics, /health, /ready, webhooks); 6067: sink metrics/health; 8090: simulated gateway
-EXPOSE 6066 6067 8090
+# 6066: worker web (faust: /metrics, /health, /ready, webhooks); 6067: event sink, 6070: vault sink, 6071: audit
+# sink (/metrics, /health, /ready); 8090: simulated gateway
+EXPOSE 6066 6067 6070 6071 8090
 VOLUME ["/var/lib/paystream"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["paystream"]

@@ -286,7 +286,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             name = evs.event_type(ev.body)
             metrics.EVENTS.labels(name).inc()
             if ev.status and name in ("PaymentSucceeded", "PaymentFailed", "PaymentCanceled", "PaymentAuthorized"):
-                metrics.PAYMENTS.labels(ev.status, "-").inc()
+                metrics.payment_reached(ev.status, ev.body)
             record = event_audit_record(ev, actor, origin, method_key)
             await send(event, audit_topic, record.resource.encode(), au.encode_record(record), partition)
         for call in out.calls:

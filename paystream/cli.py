@@ -27,6 +27,44 @@ def main() -> None:
             os.environ.setdefault(key, value)
 
 
+# ------------------------------------------------------------------ settings
+
+
+@main.command("config", help="Print the settings this process would run with (PAYSTREAM_* variables, defaults, "
+                             "the local stack's addresses); secrets are shown as ********. docs/configuration.md "
+                             "explains each.")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, variable → value")
+def config_show(as_json: bool) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pydantic import SecretStr
+
+    from paystream.web.settings import WebSettings
+
+    def shown(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, str) and "://" in value:  # a DSN or URL with a password: hide the password
+            parts = urlsplit(value)
+            if parts.password:
+                netloc = f"{parts.username or ''}:********@{parts.hostname or ''}"
+                netloc += f":{parts.port}" if parts.port else ""
+                return urlunsplit(parts._replace(netloc=netloc))
+        return value
+
+    values: dict[str, object] = {}
+    for model in (get_settings(), WebSettings()):
+        prefix = model.model_config.get("env_prefix", "")
+        for name in type(model).model_fields:
+            values[f"{prefix}{name}".upper()] = shown(getattr(model, name))
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    width = max(map(len, values))
+    for key, value in values.items():
+        click.echo(f"{key:<{width}}  {'' if value is None else value}")
+
+
 # ------------------------------------------------------------------ stack
 
 
@@ -397,9 +435,13 @@ def tail(from_beginning: bool) -> None:
 
 
 def _run_json_sink(kind: str) -> None:
+    import logging
+
     from paystream.logs import configure
     from sinks.audit import AuditSink
-    from sinks.vault import VaultSink
+    from sinks.postgres import SinkStatus
+    from sinks.server import start_server
+    from sinks.vault import REGISTRY, JsonTopicSink, VaultSink
     from streams import topics
 
     configure()
@@ -412,10 +454,25 @@ def _run_json_sink(kind: str) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    status = SinkStatus()
+    sink: JsonTopicSink
     if kind == "audit":
-        AuditSink(s.kafka_bootstrap, s.postgres_dsn, topics.audit(s.app_id), s.audit_sink_group).run(lambda: stopping)
+        port = s.audit_sink_metrics_port
+        sink = AuditSink(s.kafka_bootstrap, s.postgres_dsn, topics.audit(s.app_id), s.audit_sink_group, status=status)
     else:
-        VaultSink(s.kafka_bootstrap, s.postgres_dsn, topics.vault(s.app_id), s.vault_sink_group).run(lambda: stopping)
+        port = s.vault_sink_metrics_port
+        sink = VaultSink(s.kafka_bootstrap, s.postgres_dsn, topics.vault(s.app_id), s.vault_sink_group, status=status)
+    try:
+        server = start_server(status, s.sink_metrics_host, port, registry=REGISTRY)
+    except OSError as exc:  # a port taken on a developer machine must not stop the sink's work
+        logging.getLogger("paystream.sink").warning("%s sink: no /metrics, /health, /ready on %s:%d (%s)", kind,
+                                                    s.sink_metrics_host, port, exc)
+        server = None
+    try:
+        sink.run(lambda: stopping)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def _admin_audit(action: str, resource: str, outcome: str, actor: str, detail: dict[str, object]) -> None:
@@ -446,7 +503,8 @@ def audit() -> None:
     pass
 
 
-@audit.command("sink", help="Run the audit sink: the audit topic → audit_log, one hash chain.")
+@audit.command("sink", help="Run the audit sink: the audit topic → audit_log, one hash chain. /metrics, /health, "
+                            "/ready on PAYSTREAM_AUDIT_SINK_METRICS_PORT (6071).")
 def audit_sink() -> None:
     _run_json_sink("audit")
 
@@ -476,7 +534,8 @@ def customers() -> None:
     pass
 
 
-@customers.command("sink", help="Run the vault sink: the vault topic → payment_methods and customer_gateway_tokens.")
+@customers.command("sink", help="Run the vault sink: the vault topic → payment_methods and customer_gateway_tokens. "
+                                "/metrics, /health, /ready on PAYSTREAM_VAULT_SINK_METRICS_PORT (6070).")
 def customers_sink() -> None:
     _run_json_sink("vault")
 

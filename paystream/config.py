@@ -117,7 +117,14 @@ class Settings(BaseSettings):
     audit_sink_group: str = Field("paystream-audit-sink", description="consumer group of the audit sink")
     sink_metrics_host: str = Field(
         "127.0.0.1",
-        description="address the sink's HTTP server (/metrics, /health, /ready) binds; 0.0.0.0 in a container",
+        description="address the sinks' HTTP servers (/metrics, /health, /ready) bind: the event, vault and audit "
+        "sinks; 0.0.0.0 in a container, so Prometheus and the probes reach them",
+    )
+    vault_sink_metrics_port: int = Field(
+        6070, description="port of the vault sink's (`paystream customers sink`) /metrics, /health, /ready"
+    )
+    audit_sink_metrics_port: int = Field(
+        6071, description="port of the audit sink's (`paystream audit sink`) /metrics, /health, /ready"
     )
 
     def topic_settings(self) -> TopicSettings:

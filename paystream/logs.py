@@ -58,8 +58,27 @@ def install_redaction() -> None:
 
 def configure(level: int = logging.INFO) -> None:
     install_redaction()
+    logging.captureWarnings(True)  # warnings.warn(...) becomes a log record, a JSON line like any other
     handler = logging.StreamHandler()
     handler.setFormatter(GuardedJsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def dict_config(level: str | int = "info") -> dict[str, Any]:
+    """The worker's logging as a :func:`logging.config.dictConfig` dictionary, for faust's
+    ``logging_config`` setting: when the worker starts, mode replaces the root logger's handlers
+    with the ones this names, so faust's, mode's and aiokafka's records come out as the same
+    JSON lines as ours (stderr, like ``configure``) instead of mode's coloured text format."""
+    name = {"CRIT": "CRITICAL"}.get(level.upper(), level.upper()) if isinstance(level, str) else None
+    level_name = logging.getLevelName(name) if name is not None else level
+    if not isinstance(level_name, int):
+        raise ValueError(f"unknown log level {level!r}")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.GuardedJsonFormatter"}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level_name, "handlers": ["json"]},
+    }

@@ -43,3 +43,18 @@ REVOKED_SKIPPED = Counter("paystream_input_revoked_skipped_total",
 INPUTS_IGNORED = Counter("paystream_inputs_ignored_total",
                          "Gateway replies and notifications that changed nothing (stale, duplicate, unknown payment)",
                          ["kind"])
+
+
+def payment_reached(status: str, body: object) -> None:
+    """Count a payment reaching ``status`` by gateway, and a success's captured amount by
+    currency. Label values come from small fixed sets only (unbounded label values would make
+    Prometheus keep a series per value): a gateway outside ``KNOWN_GATEWAYS``, a currency
+    outside ISO 4217 become ``other``; no gateway at all is ``-``."""
+    from paystream.core.commands import KNOWN_GATEWAYS
+    from paystream.core.money import is_known_currency
+
+    gateway = getattr(body, "gateway", None)
+    PAYMENTS.labels(status, "-" if gateway is None else gateway if gateway in KNOWN_GATEWAYS else "other").inc()
+    amount, currency = getattr(body, "amount", None), getattr(body, "currency", None)
+    if status == "succeeded" and isinstance(amount, int) and amount > 0:
+        AMOUNT.labels(currency if is_known_currency(currency) else "other").inc(amount)

@@ -126,11 +126,27 @@ def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     return app, parts
 
 
+def use_json_logging(app: faust.App, loglevel: str) -> list[str]:
+    """Make faust log like the rest of paystream: one JSON object per line, redacted (I6).
+
+    mode replaces the root logger's handlers when the worker starts; ``logging_config`` makes
+    it install paystream's JSON handler instead of its coloured text one, and ``--quiet`` turns
+    off the banner and the other lines faust prints to the terminal without logging them.
+    Returns the faust command line to run the worker with."""
+    from paystream.logs import dict_config, install_redaction
+
+    install_redaction()  # before faust sets up its own logging: every record is redacted (I6)
+    app.conf.logging_config = dict_config(loglevel)
+    return ["paystream-worker", "--quiet", "worker", "--loglevel", loglevel]
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     from paystream.logs import install_redaction
 
-    install_redaction()  # before faust sets up its own logging: every record is redacted (I6)
+    install_redaction()
     prepare(settings)
     app, _ = build_app(settings)
-    sys.argv = ["paystream-worker", "worker", "-l", loglevel]
+    sys.argv = use_json_logging(app, loglevel)
+    log.info("starting worker %s: web %s:%d, %d partitions, %s", settings.app_id, settings.web_host,
+             settings.web_port, settings.partitions, settings.processing_guarantee)
     app.main()

@@ -70,6 +70,7 @@ def decode_batch(records: list[Record]) -> list[au.AuditRecord]:
 
 class AuditSink(JsonTopicSink):
     name = "audit sink"
+    kind = "audit"
 
     def write(self, conn: psycopg.Connection, records: list[Record]) -> int:
         return append(conn, decode_batch(records))

@@ -270,6 +270,8 @@ class SinkStatus:
     postgres_down_since: float | None = None
     last_postgres_ok: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: where a Postgres change is reported: (ok, seconds down); None: this sink's paystream_sink_* gauges
+    report_postgres: Callable[[bool, float], None] | None = field(default=None, repr=False)
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()
@@ -282,8 +284,12 @@ class SinkStatus:
                 self.last_postgres_ok, self.postgres_down_since = now, None
             elif self.postgres_down_since is None:
                 self.postgres_down_since = now
+        down_s = 0 if ok or self.postgres_down_since is None else now - self.postgres_down_since
+        if self.report_postgres is not None:
+            self.report_postgres(ok, down_s)
+            return
         PG_UP.set(1 if ok else 0)
-        PG_DOWN_SECONDS.set(0 if ok or self.postgres_down_since is None else now - self.postgres_down_since)
+        PG_DOWN_SECONDS.set(down_s)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         age = time.monotonic() - self.last_loop

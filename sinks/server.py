@@ -1,4 +1,4 @@
-"""The sink's small HTTP server: ``/metrics`` (Prometheus), ``/health`` and ``/ready``.
+"""The sinks' small HTTP server: ``/metrics`` (Prometheus), ``/health`` and ``/ready``.
 
 ``/health`` is liveness: the sink's loop turned in the last ``max_loop_age_s`` seconds (it
 also turns while it waits for Postgres, so an outage is not a reason to restart the sink).
@@ -14,12 +14,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from sinks.postgres import SinkStatus
 
 
-def _handler(status: SinkStatus) -> type[BaseHTTPRequestHandler]:
+def _handler(status: SinkStatus, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(code)
@@ -34,7 +34,7 @@ def _handler(status: SinkStatus) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/health":
                 alive, info = status.health()
                 self._json(200 if alive else 503, {"status": "ok" if alive else "stalled", **info})
@@ -50,9 +50,11 @@ def _handler(status: SinkStatus) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def start_server(status: SinkStatus, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve in a daemon thread; ``server.shutdown()`` stops it."""
-    server = ThreadingHTTPServer((host, port), _handler(status))
+def start_server(status: SinkStatus, host: str, port: int,
+                 registry: CollectorRegistry = REGISTRY) -> ThreadingHTTPServer:
+    """Serve in a daemon thread; ``server.shutdown()`` stops it. ``registry``: the metrics
+    /metrics shows (the vault and audit sinks have their own, without the event sink's)."""
+    server = ThreadingHTTPServer((host, port), _handler(status, registry))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="sink-http", daemon=True).start()
     return server

@@ -23,15 +23,36 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, Message
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from paystream.core.sensitive import scan
 from paystream.security.crypto import CryptoError, is_envelope, key_id_of
 
+if TYPE_CHECKING:
+    from sinks.postgres import SinkStatus
+
 log = logging.getLogger("paystream.sink.vault")
+
+# The vault and audit sinks' own registry: their /metrics shows these (and the process's), not
+# the event sink's paystream_sink_* series, which would read as a second event sink at zero.
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+RECORDS = Counter("paystream_topic_sink_records_total", "Records the vault/audit sink wrote to Postgres", ["sink"],
+                  registry=REGISTRY)
+BATCHES = Counter("paystream_topic_sink_batches_total", "Batches the vault/audit sink committed", ["sink"],
+                  registry=REGISTRY)
+BATCH_SECONDS = Histogram("paystream_topic_sink_batch_seconds", "Time to write and commit one batch", ["sink"],
+                          registry=REGISTRY)
+PG_UP = Gauge("paystream_topic_sink_postgres_up", "1 while the vault/audit sink can reach Postgres", ["sink"],
+              registry=REGISTRY)
+LAST_COMMIT = Gauge("paystream_topic_sink_last_commit_timestamp_seconds",
+                    "When the vault/audit sink last committed a batch", ["sink"], registry=REGISTRY)
+PING_INTERVAL_S = 5.0  # an idle sink checks Postgres this often, so /ready stays true
 
 Record = tuple[bytes | None, bytes | None]  # key, value
 
@@ -44,9 +65,16 @@ class JsonTopicSink:
     """Consume one internal topic (read_committed) and write each batch in one transaction."""
 
     name = "sink"
+    kind = "topic"  # the ``sink`` label of its metrics: vault | audit
 
     def __init__(self, bootstrap: str, dsn: str, topic: str, group: str, batch_size: int = 500,
-                 batch_wait_s: float = 0.2, consumer: Consumer | None = None) -> None:
+                 batch_wait_s: float = 0.2, consumer: Consumer | None = None,
+                 status: SinkStatus | None = None) -> None:
+        self.status = status
+        if status is not None:
+            kind = self.kind
+            status.report_postgres = lambda ok, _down_s: PG_UP.labels(kind).set(1 if ok else 0)
+        self._last_ping = 0.0
         self.dsn = dsn
         self.topic = topic
         self.batch_size = batch_size
@@ -66,13 +94,39 @@ class JsonTopicSink:
             self.conn = psycopg.connect(self.dsn, connect_timeout=5)
         return self.conn
 
+    def _postgres(self, ok: bool, error: str | None = None) -> None:
+        self._last_ping = time.monotonic()
+        if self.status is not None:
+            self.status.postgres(ok, error)
+
+    def ping(self) -> None:
+        """Check Postgres while idle, so /ready says whether the sink could write."""
+        try:
+            self._connect().execute("SELECT 1")
+            self._postgres(True)
+        except psycopg.Error as exc:
+            self._postgres(False, type(exc).__name__)
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
     def _store(self, records: list[Record], stop: Callable[[], bool]) -> bool:
         backoff = 0.2
         while True:
             try:
-                self.stored += self.write(self._connect(), records)
+                started = time.monotonic()
+                written = self.write(self._connect(), records)
+                self.stored += written
+                RECORDS.labels(self.kind).inc(written)
+                BATCHES.labels(self.kind).inc()
+                BATCH_SECONDS.labels(self.kind).observe(time.monotonic() - started)
+                LAST_COMMIT.labels(self.kind).set(time.time())
+                self._postgres(True)
                 return True
             except psycopg.OperationalError as exc:
+                self._postgres(False, type(exc).__name__)
+                if self.status is not None:
+                    self.status.beat()  # waiting for Postgres is not a stalled loop
                 log.warning("%s: postgres unavailable (%s); retrying in %.1fs", self.name,
                             type(exc).__name__, backoff)
                 if self.conn is not None:
@@ -96,12 +150,29 @@ class JsonTopicSink:
             records.append((msg.key(), msg.value()))
         return not records or self._store(records, stop)
 
+    def _on_assign(self, _consumer: Consumer, partitions: list[Any]) -> None:
+        if self.status is not None:
+            with self.status.lock:
+                self.status.assigned = frozenset((tp.topic, tp.partition) for tp in partitions)
+
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[Any]) -> None:
+        if self.status is not None:
+            with self.status.lock:
+                self.status.assigned = frozenset()
+
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        self.consumer.subscribe([self.topic])
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        if self.status is not None:
+            self.ping()
         try:
             while not stop():
+                if self.status is not None:
+                    self.status.beat()
                 msgs: list[Message] = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_wait_s)
                 if not msgs:
+                    if self.status is not None and time.monotonic() - self._last_ping >= PING_INTERVAL_S:
+                        self.ping()
                     continue
                 if not self.store_messages(msgs, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
@@ -187,6 +258,7 @@ def write_vault_batch(conn: psycopg.Connection, records: list[Record]) -> int:
 
 
 class VaultSink(JsonTopicSink):
+    kind = "vault"
     name = "vault sink"
 
     def write(self, conn: psycopg.Connection, records: list[Record]) -> int:

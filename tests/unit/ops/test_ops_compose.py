@@ -23,7 +23,14 @@ from ops_helpers import (
 )
 
 REQUIRED_SERVICES = {
-    "kafka", "registry", "postgres", "stripe-mock", "simgw", "migrate", "sink", "prometheus", "grafana",
+    "kafka", "registry", "postgres", "stripe-mock", "simgw", "migrate", "sink", "vault-sink", "audit-sink",
+    "prometheus", "grafana",
+}
+# Every sink process: service → (command, the setting naming its HTTP port, its port, Prometheus job).
+SINKS = {
+    "sink": (["sink"], "PAYSTREAM_SINK_METRICS_PORT", SINK_METRICS_PORT, "paystream-sink"),
+    "vault-sink": (["customers", "sink"], "PAYSTREAM_VAULT_SINK_METRICS_PORT", 6070, "paystream-vault-sink"),
+    "audit-sink": (["audit", "sink"], "PAYSTREAM_AUDIT_SINK_METRICS_PORT", 6071, "paystream-audit-sink"),
 }
 WORKER_NEEDS = {
     "PAYSTREAM_KAFKA_BOOTSTRAP",
@@ -96,7 +103,7 @@ def test_pinned_images(services: dict[str, dict[str, Any]]) -> None:
     for name, image in PINNED_IMAGES.items():
         assert services[name]["image"] == image
     paystream_image = services["sink"]["image"]
-    for name in ("simgw", "migrate", "sink", *_workers(services)):
+    for name in ("simgw", "migrate", *SINKS, *_workers(services)):
         assert services[name]["image"] == paystream_image, f"{name} must run the paystream image"
         assert "build" in services[name]
 
@@ -133,7 +140,7 @@ def test_one_shot_migrate_runs_migrations_then_schemas(services: dict[str, dict[
     assert "paystream db migrate" in script and "paystream schemas register" in script
     assert script.index("db migrate") < script.index("schemas register")
     assert "&&" in script, "a failed migration must fail the one-shot"
-    for name in (*_workers(services), "sink"):
+    for name in (*_workers(services), *SINKS):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
@@ -166,6 +173,36 @@ def test_sink_and_migrate_get_the_settings_they_need(services: dict[str, dict[st
     assert sink["PAYSTREAM_SINK_GROUP"] != _env(next(iter(_workers(services).values())))["PAYSTREAM_APP_ID"]
     migrate = _env(services["migrate"])
     assert set(migrate) >= MIGRATE_NEEDS, MIGRATE_NEEDS - set(migrate)
+
+
+def test_every_sink_runs_and_is_reachable_from_other_containers(services: dict[str, dict[str, Any]]) -> None:
+    from paystream.config import Settings
+
+    for name, (command, port_setting, port, _) in SINKS.items():
+        svc = services[name]
+        assert _command(svc) == command, name
+        env = _env(svc)
+        # bound to 127.0.0.1 (the default) the sink's /metrics would answer its own healthcheck
+        # but neither Prometheus nor any other container
+        assert env.get("PAYSTREAM_SINK_METRICS_HOST") == "0.0.0.0", f"{name} must bind 0.0.0.0"
+        assert int(env[port_setting]) == port
+        assert Settings.model_fields[port_setting.removeprefix("PAYSTREAM_").lower()].default == port
+        assert f"{port}:{port}" in [str(p) for p in svc.get("ports", [])], name
+        hc = " ".join(svc["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/ready" in hc, name
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert not _one_shot(svc) and svc.get("stop_grace_period")
+    groups = [_env(services[n]).get(k) for n, k in (("sink", "PAYSTREAM_SINK_GROUP"),
+                                                     ("vault-sink", "PAYSTREAM_VAULT_SINK_GROUP"),
+                                                     ("audit-sink", "PAYSTREAM_AUDIT_SINK_GROUP"))]
+    assert None not in groups and len(set(groups)) == 3, "each sink is its own consumer group"
+
+
+def test_the_image_binds_every_http_server_beyond_loopback() -> None:
+    env = dict(re.findall(r"(PAYSTREAM_[A-Z_]+)=(\S+)", DOCKERFILE.read_text()))
+    assert env["PAYSTREAM_WEB_HOST"] == "0.0.0.0" and env["PAYSTREAM_SINK_METRICS_HOST"] == "0.0.0.0"
+    exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", DOCKERFILE.read_text(), re.M) for p in line.split()}
+    assert {WORKER_WEB_PORT, *(port for _, _, port, _ in SINKS.values())} <= exposed
 
 
 def test_addresses_point_at_compose_services(services: dict[str, dict[str, Any]]) -> None:
@@ -219,7 +256,8 @@ def test_prometheus_scrapes_every_worker_and_the_sink(services: dict[str, dict[s
         for job in prom["scrape_configs"]
     }
     assert targets["paystream-worker"] == {f"{w}:{WORKER_WEB_PORT}" for w in _workers(services)}
-    assert targets["paystream-sink"] == {f"sink:{SINK_METRICS_PORT}"}
+    for name, (_, _, port, job) in SINKS.items():
+        assert targets[job] == {f"{name}:{port}"}, job
     mounts = [str(v) for v in services["prometheus"]["volumes"]]
     assert any(m.startswith("./ops/prometheus:/etc/prometheus") for m in mounts)
     assert "/etc/prometheus/alerts.yml" in prom["rule_files"]

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ops_helpers import K8S, SINK_METRICS_PORT, WORKER_WEB_PORT, load_yaml, load_yaml_all, settings_env_names
+from ops_helpers import (
+    ALERTS,
+    K8S,
+    PROMETHEUS_K8S,
+    SINK_METRICS_PORT,
+    WORKER_WEB_PORT,
+    load_yaml,
+    load_yaml_all,
+    settings_env_names,
+)
 
 NAMESPACE = "paystream"
 
@@ -79,14 +88,52 @@ def test_worker_probes_and_scrape_annotations(docs: list[dict[str, Any]]) -> Non
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
 
 
-def test_sink_probes_and_scrape_annotations(docs: list[dict[str, Any]]) -> None:
-    sink = _component(docs, "sink", ("Deployment",))
+# Every sink process: component → (args, the setting naming its HTTP port, its port).
+SINKS = {
+    "sink": (["sink"], "PAYSTREAM_SINK_METRICS_PORT", SINK_METRICS_PORT),
+    "vault-sink": (["customers", "sink"], "PAYSTREAM_VAULT_SINK_METRICS_PORT", 6070),
+    "audit-sink": (["audit", "sink"], "PAYSTREAM_AUDIT_SINK_METRICS_PORT", 6071),
+}
+
+
+@pytest.mark.parametrize("component", SINKS)
+def test_sink_probes_and_scrape_annotations(docs: list[dict[str, Any]], component: str) -> None:
+    from paystream.config import Settings
+
+    args, port_setting, port = SINKS[component]
+    sink = _component(docs, component, ("Deployment",))
     tpl = sink["spec"]["template"]
     (container,) = tpl["spec"]["containers"]
-    assert container["args"][0] == "sink"
-    assert _probe(container, "livenessProbe")[1] == SINK_METRICS_PORT
-    assert _probe(container, "readinessProbe") == ("/ready", SINK_METRICS_PORT)
-    assert int(tpl["metadata"]["annotations"]["prometheus.io/port"]) == SINK_METRICS_PORT
+    assert container["args"] == args
+    assert _probe(container, "livenessProbe") == ("/health", port)
+    assert _probe(container, "readinessProbe") == ("/ready", port)
+    ann = tpl["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+    assert int(ann["prometheus.io/port"]) == port
+    cm = _get(docs, "ConfigMap", "paystream-config")
+    assert int(cm["data"].get(port_setting, -1)) == port == Settings.model_fields[
+        port_setting.removeprefix("PAYSTREAM_").lower()].default
+    assert sink["spec"]["selector"]["matchLabels"].items() <= tpl["metadata"]["labels"].items()
+
+
+def test_sinks_listen_beyond_loopback(docs: list[dict[str, Any]]) -> None:
+    """Probes and Prometheus reach a pod on its IP: a sink bound to 127.0.0.1 (the default) would
+    never be ready and be restarted by its liveness probe."""
+    cm = _get(docs, "ConfigMap", "paystream-config")
+    assert cm["data"]["PAYSTREAM_SINK_METRICS_HOST"] == "0.0.0.0"
+    groups = {cm["data"][k] for k in ("PAYSTREAM_SINK_GROUP", "PAYSTREAM_VAULT_SINK_GROUP",
+                                      "PAYSTREAM_AUDIT_SINK_GROUP")}
+    assert len(groups) == 3, "each sink is its own consumer group"
+
+
+def test_scrape_jobs_follow_the_components(docs: list[dict[str, Any]]) -> None:
+    """prometheus-k8s.yml names the job paystream-<component>: the jobs alerts.yml expects."""
+    alerts = ALERTS.read_text()
+    for component in ("worker", *SINKS):
+        _component(docs, component, ("StatefulSet", "Deployment"))
+        assert f"paystream-{component}" in alerts, f"no alert watches job paystream-{component}"
+    relabel = load_yaml(PROMETHEUS_K8S)["scrape_configs"][0]["relabel_configs"]
+    assert any(r.get("target_label") == "job" and r.get("replacement") == "paystream-$1" for r in relabel)
 
 
 def test_worker_pdb(docs: list[dict[str, Any]]) -> None:

@@ -1,0 +1,114 @@
+"""The vault and audit sinks report health, readiness and metrics like the event sink, on their
+own registry (a fake consumer and a fake Postgres stand in for the stack)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+import pytest
+
+from sinks.postgres import SinkStatus
+from sinks.server import start_server
+from sinks.vault import REGISTRY, JsonTopicSink, Record
+
+
+class Msg:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"{}"
+
+
+class TP:
+    topic, partition = "ps-vault", 0
+
+
+class Consumer:
+    def __init__(self, batches: list[list[Msg]]) -> None:
+        self.batches, self.commits, self.turns = batches, 0, 0
+
+    def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
+        on_assign(self, [TP()])
+
+    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        self.turns += 1
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, asynchronous: bool) -> None:
+        self.commits += 1
+
+    def close(self) -> None:
+        pass
+
+
+class Conn:
+    closed = False
+
+    def execute(self, sql: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSink(JsonTopicSink):
+    kind = "unit"
+
+    def write(self, conn: psycopg.Connection, records: list[Record]) -> int:
+        return len(records)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_topic_sink_is_ready_after_it_reached_postgres_and_counts_its_writes(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    monkeypatch.setattr(psycopg, "connect", lambda dsn, connect_timeout: Conn())
+    status = SinkStatus()
+    server = start_server(status, "127.0.0.1", 0, registry=REGISTRY)
+    port = server.server_address[1]
+    try:
+        assert _get(port, "/ready")[0] == 503  # nothing assigned, Postgres not reached yet
+        consumer = Consumer([[Msg(0), Msg(1), Msg(2)], [Msg(3)]])
+        sink = FakeSink("unused", "postgresql://x", "ps-vault", "g", consumer=consumer, status=status)  # type: ignore[arg-type]
+        sink.run(lambda: consumer.turns >= 3)
+        assert sink.stored == 4 and consumer.commits == 2
+        code, body = _get(port, "/ready")
+        assert code == 200 and json.loads(body)["ready"] is True
+        assert _get(port, "/health")[0] == 200
+        code, metrics = _get(port, "/metrics")
+        assert 'paystream_topic_sink_records_total{sink="unit"} 4.0' in metrics
+        assert 'paystream_topic_sink_batches_total{sink="unit"} 2.0' in metrics
+        assert 'paystream_topic_sink_postgres_up{sink="unit"} 1.0' in metrics
+        assert "paystream_sink_events_total" not in metrics and "paystream_sink_postgres_up" not in metrics
+    finally:
+        server.shutdown()
+
+
+def test_a_topic_sink_without_postgres_is_not_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(dsn: str, connect_timeout: int) -> Conn:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(psycopg, "connect", refuse)
+    status = SinkStatus()
+    consumer = Consumer([])
+    FakeSink("unused", "postgresql://x", "ps-vault", "g", consumer=consumer, status=status).run(  # type: ignore[arg-type]
+        lambda: consumer.turns >= 1)
+    ready, reasons = status.readiness()
+    assert not ready and reasons == ["postgres: OperationalError"]
