@@ -27,8 +27,16 @@ class RegistryUnavailable(Exception):
     """The registry could not be asked: retry later, never dead-letter the message for it."""
 
 
-def registry_client(url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": url})
+REGISTRY_TIMEOUT_S = 10
+
+
+def registry_client(url: str, timeout_s: float = REGISTRY_TIMEOUT_S) -> SchemaRegistryClient:
+    """confluent-kafka's client with a request timeout: its default is none at all, and its
+    calls are synchronous, so one stalled registry connection would freeze the worker's event
+    loop for good (suspected cause of a restarted worker that went silent mid-burst in a CI
+    simulation, not proven). A timeout surfaces as ``RegistryUnavailable`` and the message is
+    retried."""
+    return SchemaRegistryClient({"url": url, "timeout": timeout_s})
 
 
 def register_schemas(client: SchemaRegistryClient) -> dict[str, int]:

@@ -113,3 +113,4 @@ def test_a_commit_refuses_to_go_without_its_table_writes() -> None:
 
     with pytest.raises(RuntimeError, match="not delivered"):
         asyncio.run(scenario())
+
