@@ -102,7 +102,12 @@ class JsonTopicSink:
     def ping(self) -> None:
         """Check Postgres while idle, so /ready says whether the sink could write."""
         try:
-            self._connect().execute("SELECT 1")
+            conn = self._connect()
+            # In its own transaction: a bare execute would leave one open (psycopg is not in
+            # autocommit), and every later ``conn.transaction()`` of a batch would then be only a
+            # savepoint inside it, never committed (the vault and audit sinks wrote nothing).
+            with conn.transaction():
+                conn.execute("SELECT 1")
             self._postgres(True)
         except psycopg.Error as exc:
             self._postgres(False, type(exc).__name__)
