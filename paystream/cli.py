@@ -7,13 +7,23 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from paystream.config import get_settings
+
+
+def _stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM/SIGINT ask a long-running loop (a sink, a rebuild) to stop at its next check."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop.is_set
 
 
 @click.group(help=__doc__)
@@ -140,20 +150,13 @@ def sink() -> None:
 
     configure()
     s = get_settings()
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _stop_on_signals()
     status = SinkStatus()
     server = start_server(status, s.sink_metrics_host, s.sink_metrics_port)
     try:
         codec = codecs(registry_client(s.schema_registry_url))[topics.EVENTS]
         EventSink(s.kafka_bootstrap, s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s,
-                  replies_topic=topics.gateway_replies(s.app_id), status=status).run(lambda: stopping)
+                  replies_topic=topics.gateway_replies(s.app_id), status=status).run(stopping)
     finally:
         server.shutdown()
 
@@ -195,18 +198,11 @@ def db_rebuild(dsn: str | None, database: str | None, only: str, force: bool, al
     s = get_settings()
     target = target_dsn(dsn or s.postgres_dsn, database)
     sources = [part.strip() for part in only.split(",") if part.strip()]
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _stop_on_signals()
     try:
         report = rebuild(bootstrap=s.kafka_bootstrap, registry_url=s.schema_registry_url, dsn=target,
                          app_id=s.app_id, sources=sources, force=force, allow_truncated=allow_truncated,
-                         batch_size=batch_size, stop=lambda: stopping)
+                         batch_size=batch_size, stop=stopping)
     except RebuildError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -446,14 +442,7 @@ def _run_json_sink(kind: str) -> None:
 
     configure()
     s = get_settings()
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _stop_on_signals()
     status = SinkStatus()
     sink: JsonTopicSink
     if kind == "audit":
@@ -469,7 +458,7 @@ def _run_json_sink(kind: str) -> None:
                                                     s.sink_metrics_host, port, exc)
         server = None
     try:
-        sink.run(lambda: stopping)
+        sink.run(stopping)
     finally:
         if server is not None:
             server.shutdown()
