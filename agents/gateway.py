@@ -165,6 +165,7 @@ async def execute(
     disabled: frozenset[str] = frozenset(),
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
+    unseal: Callable[[CallGateway], CallGateway] | None = None,
 ) -> dict[str, Any]:
     """One gateway call, each try bounded in time; returns the reply record for the internal topic.
 
@@ -179,6 +180,9 @@ async def execute(
     made, nothing was charged. The same holds for an authorization at a gateway switched off
     (``disabled``); captures, cancels, refunds and retrieves still reach a switched-off gateway,
     which holds the money of its existing payments.
+
+    ``unseal`` opens the call's sealed token for the gateway client, in memory only: the
+    gateway-calls topic never carries it in clear.
     """
     gw = gateways.get(call.gateway)
     if gw is None:
@@ -189,6 +193,7 @@ async def execute(
         return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"gateway {call.gateway!r} is switched off",
                       error_code="gateway_disabled", latency_ms=0, tries=0, unavailable=True)
     policy = retry or _NO_RETRY
+    opened = unseal(call) if unseal is not None else call
     t0 = time.monotonic()
     tries = 0
     while True:
@@ -198,7 +203,7 @@ async def execute(
                           error_code="circuit_open", latency_ms=round((time.monotonic() - t0) * 1000), tries=tries,
                           unavailable=True)
         started = time.monotonic()
-        outcome = await _try_once(gw, call, timeout_s)
+        outcome = await _try_once(gw, opened, timeout_s)
         tries += 1
         GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - started)
         GATEWAY_CALLS.labels(call.gateway, call.operation.value, outcome.status.value).inc()
@@ -317,7 +322,8 @@ class GatewayExecutor:
     def __init__(self, *, bootstrap: str, group: str, calls_topic: str, replies_topic: str,
                  gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256,
                  retry: RetryPolicy | None = None, breakers: Breakers | None = None,
-                 disabled: frozenset[str] = frozenset()) -> None:
+                 disabled: frozenset[str] = frozenset(),
+                 unseal: Callable[[CallGateway], CallGateway] | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.calls_topic = calls_topic
@@ -326,6 +332,7 @@ class GatewayExecutor:
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.retry = retry
+        self.unseal = unseal
         self.breakers = breakers
         self.disabled = disabled
         self.done = 0
@@ -356,7 +363,7 @@ class GatewayExecutor:
             try:
                 call = codec.decode(CallGateway, value)
                 reply = await execute(self.gateways, call, self.timeout_s, retry=self.retry,
-                                      breakers=self.breakers, disabled=self.disabled)
+                                      breakers=self.breakers, disabled=self.disabled, unseal=self.unseal)
                 await producer.send_and_wait(self.replies_topic, _json.dumps(reply).encode(),
                                              key=call.payment_id.encode(), partition=tp.partition)
                 self.done += 1

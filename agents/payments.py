@@ -32,7 +32,15 @@ from faust.types import TP
 from agents import fraud as af
 from agents.gateway import GatewayExecutor, executor_options, reply_input
 from agents.methods import MethodDirectory
-from agents.processor import Output, PaymentProcessor, PaymentRecord, method_aad, notification_input, verdict_input
+from agents.processor import (
+    Output,
+    PaymentProcessor,
+    PaymentRecord,
+    method_aad,
+    notification_input,
+    unseal_call,
+    verdict_input,
+)
 from agents.routing import load_routing_file, make_router
 from gateway_clients.protocol import PaymentGateway
 from paystream import metrics
@@ -544,6 +552,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
         replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
         max_in_flight=s.gateway_batch_size, **executor_options(s),
+        unseal=lambda call: unseal_call(keyring, call),
     )
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped

@@ -78,6 +78,27 @@ class Sealer(Protocol):
     def decrypt(self, envelope: str, aad: str) -> str: ...
 
 
+def seal_call(sealer: Sealer | None, call: CallGateway) -> CallGateway:
+    """The call as it travels on the gateway-calls topic: its token sealed (encrypted under the
+    payment's id), never in clear. A new payment's first call carries the command's plaintext."""
+    token = call.payment_method_token
+    if token is None or sealer is None or is_envelope(token):
+        return call
+    return dataclasses.replace(call, payment_method_token=sealer.encrypt(token, payment_aad(call.payment_id)))
+
+
+def unseal_call(sealer: Sealer | None, call: CallGateway) -> CallGateway:
+    """The call with the plaintext token the gateway needs, opened just before the call is made."""
+    token = call.payment_method_token
+    if token is None or sealer is None or not is_envelope(token):
+        return call
+    try:
+        return dataclasses.replace(call, payment_method_token=sealer.decrypt(token, payment_aad(call.payment_id)))
+    except CryptoError:
+        log.error("the sealed token of payment %s does not decrypt (key missing?)", call.payment_id)
+        return call
+
+
 def method_aad(method_id: str) -> str:
     """Associated data of a saved method's token: its ciphertext only opens for this method."""
     return f"payment_method:{method_id}"
@@ -184,19 +205,7 @@ class PaymentProcessor:
                     body=body,
                 )
             )
-        out.calls.extend(self._unsealed(e) for e in decision.effects if isinstance(e, CallGateway))
-
-    def _unsealed(self, call: CallGateway) -> CallGateway:
-        """The call with the plaintext token the gateway needs (the state keeps it sealed)."""
-        token = call.payment_method_token
-        if token is None or self.sealer is None or not is_envelope(token):
-            return call
-        try:
-            plain = self.sealer.decrypt(token, payment_aad(call.payment_id))
-            return dataclasses.replace(call, payment_method_token=plain)
-        except CryptoError:
-            log.error("the sealed token of payment %s does not decrypt (key missing?)", call.payment_id)
-            return call
+        out.calls.extend(seal_call(self.sealer, e) for e in decision.effects if isinstance(e, CallGateway))
 
     def _reject(self, record: PaymentRecord, command: cmds.Command, rejection: Rejection, now: int,
                 out: Output) -> None:

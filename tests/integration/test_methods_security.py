@@ -228,6 +228,9 @@ def test_saved_method_lifecycle_keeps_the_token_off_events_and_encrypted_in_post
         assert not find_pan(text), (msg.topic(), msg.partition(), msg.offset())
         scanned += 1
     assert scanned > 0
+    # The internal gateway-calls topic carries it sealed only: the executor opens it in memory.
+    calls = list(read_topic(bootstrap, "paystream-gateway-calls"))
+    assert calls and not any(token.encode() in message_bytes(msg) for msg in calls)
     # ... nor in any Postgres table.
     assert token not in pg_dump(pg_dsn)
 

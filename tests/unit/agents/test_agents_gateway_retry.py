@@ -237,3 +237,27 @@ def test_switched_off_gateway_gets_no_new_authorization_but_still_captures() -> 
                           gateway_ref="ch_1")
     reply = asyncio.run(execute({"simulated": gw}, capture, 5, disabled=frozenset({"simulated"})))
     assert reply["input"]["status"] == "captured" and gw.keys == ["ps-pay-1-capture-1"]
+
+
+def test_the_gateway_gets_the_token_opened_but_the_reply_never_carries_it() -> None:
+    # #7: the gateway-calls topic carries the token sealed; the executor opens it in memory only.
+    import base64
+    import json
+
+    from agents.processor import seal_call, unseal_call
+    from paystream.security.crypto import KeyRing, is_envelope
+
+    ring = KeyRing.load("k1:" + base64.b64encode(bytes(range(32))).decode())
+    sealed = seal_call(ring, call(token="pm_secret_token_42"))
+    assert is_envelope(sealed.payment_method_token or "") and "pm_secret_token_42" not in repr(sealed)
+    seen: list[str] = []
+
+    class Recording(ScriptedGateway):
+        async def authorize(self, **kw: Any) -> GatewayResult:
+            seen.append(kw["payment_method_token"])
+            return await super().authorize(**kw)
+
+    reply = asyncio.run(execute({"simulated": Recording(CAPTURED)}, sealed, 5, sleep=Sleeps(),
+                                unseal=lambda c: unseal_call(ring, c)))
+    assert seen == ["pm_secret_token_42"]
+    assert reply["input"]["status"] == "captured" and "pm_secret_token_42" not in json.dumps(reply)

@@ -7,7 +7,7 @@ import base64
 from typing import Any
 
 from agents.payments import timeout_verdict
-from agents.processor import PaymentProcessor, PaymentRecord, verdict_input
+from agents.processor import PaymentProcessor, PaymentRecord, unseal_call, verdict_input
 from paystream.core import commands as cmds
 from paystream.core import events as evs
 from paystream.core import fraud as fr
@@ -102,7 +102,9 @@ def test_allow_then_release_paths_call_the_gateway_once() -> None:
     out = proc.handle_input("p1", verdict_input(fraud_verdict("p1", fr.Decision.ALLOW)), NOW + 1)
     assert [e.body.AVRO_NAME for e in out.events] == ["FraudDecision"]
     assert [c.idempotency_key for c in out.calls] == ["ps-p1-authorize-0"]
-    assert out.calls[0].payment_method_token == "tok_visa"  # unsealed for the gateway
+    # Sealed on the gateway-calls topic; the executor opens it just before calling the gateway.
+    assert out.calls[0].payment_method_token != "tok_visa"
+    assert unseal_call(RING, out.calls[0]).payment_method_token == "tok_visa"
     again = proc.handle_input("p1", verdict_input(fraud_verdict("p1", fr.Decision.ALLOW)), NOW + 2)
     assert again.ignored == "stale_fraud_verdict" and again.events == [] and again.calls == []
 

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from agents.processor import PaymentProcessor
+from agents.processor import PaymentProcessor, unseal_call
 from paystream.core import commands as cmds
 from paystream.core import events as evs
 from paystream.core.sensitive import find_pan
@@ -60,7 +60,9 @@ def test_saved_method_pays_with_its_token_and_the_payment_state_keeps_it_sealed(
     out = proc.handle_command(_create("pay_1", "pm_1"), NOW)
     assert _types(out) == ["PaymentCreated"]
     (call,) = out.calls
-    assert call.payment_method_token == TOKEN and call.gateway == "simulated"
+    # Sealed on the gateway-calls topic (never in clear there); the executor opens it.
+    assert is_envelope(call.payment_method_token or "") and TOKEN not in repr(call)
+    assert unseal_call(RING, call).payment_method_token == TOKEN and call.gateway == "simulated"
     state_token = payments["pay_1"]["state"]["payment_method_token"]
     assert is_envelope(state_token) and TOKEN not in json.dumps(payments)
 
@@ -70,7 +72,8 @@ def test_one_off_tokens_are_sealed_in_the_table_too() -> None:
     body = cmds.CreatePayment(order_id="o", customer_id="c", amount=100, currency="USD",
                               payment_method_token="tok_visa")
     out = proc.handle_command(_command("pay_2", body, "c1"), NOW)
-    assert out.calls[0].payment_method_token == "tok_visa"
+    assert is_envelope(out.calls[0].payment_method_token or "")
+    assert unseal_call(RING, out.calls[0]).payment_method_token == "tok_visa"
     assert "tok_visa" not in json.dumps(payments)
 
 

@@ -3,6 +3,7 @@ own registry (a fake consumer and a fake Postgres stand in for the stack)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -57,6 +58,9 @@ class Conn:
 
     def execute(self, sql: str) -> None:
         pass
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         self.closed = True
