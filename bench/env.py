@@ -86,10 +86,16 @@ def create_topics(settings: Settings, names: Iterable[str], partitions: int) -> 
 def reset_kafka(settings: Settings, app_id: str) -> list[str]:
     """Delete the public payment topics and every topic an earlier benchmark app left
     (changelogs, internal topics), then create the topics of ``app_id``: the session's worker
-    reads ``payment.requests`` from offset 0 and finds only what this session sends."""
+    reads ``payment.requests`` from offset 0 and finds only what this session sends.
+
+    The stack's own app (``settings.app_id``, e.g. the demo's and the tests' worker) loses its
+    changelogs and internal topics too: they describe the deleted topics (its applied-offsets
+    table remembered offsets the recreated ``payment.requests`` would not reach for a long time,
+    so that worker skipped every new command as already applied)."""
     existing = set(admin(settings).list_topics(timeout=10).topics)
     public = {topics.REQUESTS, topics.WEBHOOKS, topics.EVENTS, topics.DEADLETTER}
-    leftovers = {t for t in existing if t.startswith(BENCH_TOPIC_PREFIX)}
+    leftovers = {t for t in existing
+                 if t.startswith(BENCH_TOPIC_PREFIX) or t.startswith(f"{settings.app_id}-")}
     deleted = delete_topics(settings, public | leftovers)
     # The broker may still be tidying the deleted partitions: retry creation briefly.
     deadline = time.monotonic() + 30
