@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.errors import IllegalOperation
@@ -80,6 +80,17 @@ def cloudevent_headers(ev: evs.PaymentEvent) -> list[tuple[str, bytes]]:
         ("ce_subject", ev.payment_id.encode()),
         ("content-type", b"application/avro"),
     ]
+
+
+def applied_offset_is_stale(last_applied: int, partition_end: int | None) -> bool:
+    """Whether the applied-offsets table remembers an offset the partition does not hold.
+
+    An applied offset is the offset of a message that was read, so it is always below the
+    partition's end (its last stable offset). One at or past the end means the topic was
+    deleted and recreated while this app's changelogs were kept: every new message would be
+    taken for a redelivery and skipped. An unknown end (None, or not positive) is never stale.
+    """
+    return partition_end is not None and partition_end > 0 and last_applied >= partition_end
 
 
 class PartitionLost(Exception):
@@ -472,8 +483,14 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         key = f"{m.topic}:{m.partition}"
         last = applied_offsets.get(key)
         if last is not None and m.offset <= last:
-            metrics.REDELIVERED.labels(m.topic).inc()
-            return
+            end = partition_end(TP(m.topic, m.partition))
+            if not applied_offset_is_stale(last, end):
+                metrics.REDELIVERED.labels(m.topic).inc()
+                return
+            metrics.STALE_APPLIED_OFFSETS.labels(m.topic).inc()
+            log.error("applied offset %d of %s lies beyond the partition's end (%s): the topic was recreated "
+                      "without this app's changelogs; applying from offset %d on", last, key, end, m.offset)
+            last = None
         if last is not None and m.offset > last + 1:
             missing = await gaps.read(m.topic, m.partition, last + 1, m.offset)
             if missing:
@@ -484,6 +501,12 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                 await handle(_Replayed(msg))
         await handle(event)
         applied_offsets[key] = m.offset
+
+    def partition_end(tp: TP) -> int | None:
+        try:
+            return cast(int | None, app.consumer.highwater(tp))
+        except Exception:  # unknown yet: never treat an offset as stale on a guess
+            return None
 
     refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
     refetching: set[asyncio.Future[None]] = set()

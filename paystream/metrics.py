@@ -32,6 +32,10 @@ UNKNOWN_OLDEST_AGE = Gauge("paystream_unknown_outcome_oldest_age_seconds", "Age 
 QUEUED = Counter("paystream_commands_queued_total", "Commands that waited for a payment's gateway call")
 DUPLICATES = Counter("paystream_commands_duplicate_total", "Repeated command ids answered from the idempotency table")
 REDELIVERED = Counter("paystream_input_redelivered_total", "Input messages delivered again and skipped", ["topic"])
+STALE_APPLIED_OFFSETS = Counter("paystream_input_stale_applied_offsets_total",
+                                "Inputs whose partition's remembered applied offset lay beyond its end "
+                                "(topic recreated without the app's changelogs): applied, not skipped",
+                                ["topic"])
 ACK_REFUSED = Counter("paystream_input_ack_refused_total",
                       "Inputs faust dropped before they were applied (stale generation): fetched again",
                       ["topic"])
