@@ -48,6 +48,7 @@ from prometheus_client import Counter
 from paystream.config import Settings
 from paystream.core import fraud as fr
 from paystream.security import audit as au
+from streams import topics
 from streams.faust_fixes import commit_lock
 from tables import codec
 
@@ -57,19 +58,10 @@ RULES_FILE = Path(__file__).resolve().parent.parent / "config" / "fraud-rules.ya
 CHECK_ERROR_RULE = "fraud_check_error"
 
 
-def checks_topic(app_id: str) -> str:
-    """Internal: FraudCheckRequest hops (key ``<dimension>:<value>``; CreateTime timestamps)."""
-    return f"{app_id}-fraud-checks"
-
-
-def verdicts_topic(app_id: str) -> str:
-    """Internal: FraudVerdict (key payment_id), co-partitioned with payment.requests."""
-    return f"{app_id}-fraud-verdicts"
-
-
-def admin_topic(app_id: str) -> str:
-    """Internal: blocklist admin commands (JSON, key ``<kind>:<value>``)."""
-    return f"{app_id}-fraud-admin"
+# The fraud topics' names live with every other topic's, in streams/topics.py.
+checks_topic = topics.fraud_checks
+verdicts_topic = topics.fraud_verdicts
+admin_topic = topics.fraud_admin
 
 
 def audit_topic(app_id: str) -> str:
