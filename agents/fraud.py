@@ -62,10 +62,7 @@ CHECK_ERROR_RULE = "fraud_check_error"
 checks_topic = topics.fraud_checks
 verdicts_topic = topics.fraud_verdicts
 admin_topic = topics.fraud_admin
-
-
-def audit_topic(app_id: str) -> str:
-    return f"{app_id}-audit"  # streams.topics.audit, repeated to keep this module importable alone
+audit_topic = topics.audit
 
 
 # --- Metrics (mode: "active" decides the payment, "shadow" is the candidate rule set) --------
