@@ -210,7 +210,8 @@ def test_every_worker_answers_every_payment_with_its_state(cluster: Cluster, cre
 
 def test_forwarded_request_keeps_the_callers_key(cluster: Cluster, created: Created) -> None:
     """The owner checks the key again: a customer-bound key sees its customer's payments through
-    either worker, another customer's payment is 404 through either, no key is 401 on both."""
+    either worker, another customer's payment is 404 through either (a read, and a command's
+    ownership check), no key is 401 on both."""
     for w in cluster.workers:
         with client(w, key=API_KEY_BOUND) as bound, client(w, key=None) as anonymous:
             for pid, last in created.last_event.items():
@@ -219,6 +220,10 @@ def test_forwarded_request_keeps_the_callers_key(cluster: Cluster, created: Crea
                     assert r.status_code == 200, (w.web_port, pid, r.text)
                     assert_view_is(r.json(), last, BOUND_CUSTOMER)
                 else:
+                    assert (r.status_code, r.json()) == (404, {"error": "payment_not_found"}), (w.web_port, pid)
+                    # A command is checked against the live owner too (nothing is produced).
+                    r = bound.post(f"/payments/{pid}/capture", json={},
+                                   headers={"Idempotency-Key": f"idem-{uuid.uuid4()}"})
                     assert (r.status_code, r.json()) == (404, {"error": "payment_not_found"}), (w.web_port, pid)
                 assert anonymous.get(f"/payments/{pid}").status_code == 401
 
