@@ -201,8 +201,6 @@ class Edge:
     async def send_command(self, payment_id: str, record: Mapping[str, Any]) -> None:
         await self.produce(topics.REQUESTS, payment_id, self.encode(topics.REQUESTS, record))
 
-    # --- customer-bound keys ------------------------------------------------------------
-
     # --- the live payments table, partitioned across the workers --------------------------
 
     def waiting_for(self) -> list[str]:
@@ -265,6 +263,8 @@ class Edge:
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("the owner of a payment at %s did not answer: %s", owner, type(exc).__name__)
             raise HttpError(503, "owner_unavailable", headers={"Retry-After": "5"}) from None
+
+    # --- customer-bound keys ------------------------------------------------------------
 
     async def live_customer(self, request: Request, payment_id: str) -> str | None:
         """The customer of a payment in the live ``payments`` table (``None``: no such payment),
