@@ -333,9 +333,9 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         """Detach a removed method at its gateway: best effort, after the removal is decided.
 
         Outside the input's transaction on purpose: a slow gateway must not hold the partition,
-        and the key is deterministic, so a retried removal detaches once. The gateway protocol
-        has no detach operation yet; until a client offers ``detach_payment_method`` the
-        detach is recorded as deferred in the audit trail.
+        and the key is deterministic, so a retried removal detaches once. The simulated and
+        Stripe clients offer ``detach_payment_method``; for a gateway client without it (PayPal,
+        Adyen) the detach is recorded as deferred in the audit trail.
         """
         gateway = w.gateways.get(effect.gateway)
         operation = getattr(gateway, "detach_payment_method", None)
