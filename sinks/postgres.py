@@ -30,6 +30,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
+from paystream.transport import KafkaTarget, as_kafka
 from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
 
@@ -313,7 +314,7 @@ class EventSink:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         dsn: str,
         codec: AvroCodec,
         group: str = "paystream-sink",
@@ -334,17 +335,17 @@ class EventSink:
         self.codec = codec
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
+        kafka = as_kafka(bootstrap)
         self.consumer = consumer or Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.librdkafka({
                 "group.id": group,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
-            }
+            })
         )
-        self.deadletters = (Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self.deadletters = (Producer(kafka.librdkafka({"enable.idempotence": True}))
                             if dead_letters else None)
         self.conn: psycopg.Connection | None = None
         self.stored = 0  # new payment_events rows

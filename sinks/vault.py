@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 
 from paystream.core.sensitive import scan
 from paystream.security.crypto import CryptoError, is_envelope, key_id_of
+from paystream.transport import KafkaTarget, as_kafka
 
 if TYPE_CHECKING:
     from sinks.postgres import SinkStatus
@@ -67,7 +68,7 @@ class JsonTopicSink:
     name = "sink"
     kind = "topic"  # the ``sink`` label of its metrics: vault | audit
 
-    def __init__(self, bootstrap: str, dsn: str, topic: str, group: str, batch_size: int = 500,
+    def __init__(self, bootstrap: KafkaTarget, dsn: str, topic: str, group: str, batch_size: int = 500,
                  batch_wait_s: float = 0.2, consumer: Consumer | None = None,
                  status: SinkStatus | None = None) -> None:
         self.status = status
@@ -79,10 +80,10 @@ class JsonTopicSink:
         self.topic = topic
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
-        self.consumer = consumer or Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed",
+        self.consumer = consumer or Consumer(as_kafka(bootstrap).librdkafka({
+            "group.id": group, "isolation.level": "read_committed",
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
-        })
+        }))
         self.conn: psycopg.Connection | None = None
         self.stored = 0
 

@@ -210,6 +210,12 @@ def test_saved_method_lifecycle_keeps_the_token_off_events_and_encrypted_in_post
     wait_pg(pg_dsn, "SELECT m.status, (SELECT count(*) FROM customer_gateway_tokens t WHERE t.method_id = m.method_id) "
                     "FROM payment_methods m WHERE method_id = %s", (method_id,),
             lambda rows: rows == [("removed", 0)])
+    # ... and detached at its gateway too (the worker opens the sealed token just for the call).
+    detached_url = f"{stack_env['PAYSTREAM_SIMGW_URL']}/v1/payment_methods/{token}"
+    deadline = time.monotonic() + 60
+    while not httpx.get(detached_url, timeout=5).json()["detached"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert httpx.get(detached_url, timeout=5).json() == {"object": "payment_method", "detached": True}
 
     # Data minimization: the token is on no event (raw bytes of every event, headers included),
     # and no event carries anything that looks like a card number: key, headers and every field
