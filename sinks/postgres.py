@@ -105,7 +105,7 @@ WHERE p.last_sequence < EXCLUDED.last_sequence
 UPSERT_REFUND = """
 INSERT INTO refunds AS r (refund_id, payment_id, amount, currency, status, reason, last_sequence, updated_at)
 VALUES (%(refund_id)s, %(payment_id)s, %(amount)s, %(currency)s, %(status)s, %(reason)s, %(sequence)s, %(at)s)
-ON CONFLICT (refund_id) DO UPDATE SET
+ON CONFLICT (payment_id, refund_id) DO UPDATE SET
     status = EXCLUDED.status, reason = EXCLUDED.reason,
     last_sequence = EXCLUDED.last_sequence, updated_at = EXCLUDED.updated_at
 WHERE r.last_sequence < EXCLUDED.last_sequence

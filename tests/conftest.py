@@ -158,6 +158,26 @@ def sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def vault_sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """``paystream customers sink``: the vault topic → payment_methods, customer_gateway_tokens."""
+    tmp = tmp_path_factory.mktemp("vault")
+    p = Proc(["customers", "sink"], {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}, tmp / "vault.log")
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def audit_sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """``paystream audit sink``: the audit topic → audit_log (one hash chain)."""
+    tmp = tmp_path_factory.mktemp("audit")
+    p = Proc(["audit", "sink"], {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}, tmp / "audit.log")
+    p.start()
+    yield p
+    p.stop()
+
+
 @pytest.fixture
 def collector(stack_env: dict[str, str]) -> Iterator[Collector]:
     c = Collector(stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], stack_env["PAYSTREAM_SCHEMA_REGISTRY_URL"])
