@@ -47,7 +47,7 @@ async def _highwaters_from_list_offsets(self: Any, partitions: list[TP]) -> Mapp
 # before that one committed came back with tables older than its events, and re-applied inputs
 # republished events with sequence numbers already used.
 #
-# The fix: the payments agent applies each input under ``commit_lock`` (an asyncio.Lock, FIFO:
+# The fix: every agent (payments, fraud, fraud-admin) applies each input under ``commit_lock`` (an asyncio.Lock, FIFO:
 # a commit that asks for it runs right after the input in hand, never in its middle), and a
 # commit first waits until every changelog write made so far was delivered to the broker (its
 # FutureMessage resolved), so it is inside the transaction being committed. Waiting on the
@@ -113,13 +113,14 @@ async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
 # fetched under an older consumer generation, or while flow control is suspended around a
 # rebalance, *and acknowledges it*, so its offset is committed and nobody ever applies it. Our
 # gap healer only noticed when a later message came on the same partition. Here the consumer
-# refuses to acknowledge an input the payments agent has not applied while its partition is
-# still assigned, and the partition is sought back to that offset, so the message is fetched
-# again and applied (the agent's applied-offsets guard skips anything re-fetched twice).
+# refuses to acknowledge an input its agent has not applied while its partition is still
+# assigned, and the partition is sought back to that offset, so the message is fetched again and
+# applied (the agent's applied-offsets guard skips anything re-fetched twice). The agents'
+# side of this lives in streams/input_guard.py (payments agent and fraud agents alike).
 
 _original_ack = faust_consumer.Consumer.ack
 
-AckGuard = tuple[frozenset[str], Callable[[TP, int], bool], Callable[[Any], None]]
+AckGuard = tuple[Callable[[TP, int], bool], Callable[[Any], None]]
 
 
 def install_ack_guard(app: Any, topics: Collection[str], applied: Callable[[TP, int], bool],
@@ -130,17 +131,24 @@ def install_ack_guard(app: Any, topics: Collection[str], applied: Callable[[TP, 
     it again through ``app.consumer.ack(message)`` once it is applied (by the gap healer, say)
     or seek its partition back so it is fetched again. Until one of them happens, faust commits
     nothing more on that partition (its offsets must stay contiguous), so its transaction stays
-    open and would time out.
+    open and would time out. Each agent installs its own guard for its own input topics
+    (``streams.input_guard.InputGuard``); a topic has at most one.
     """
-    app._paystream_ack_guard = (frozenset(topics), applied, on_refused)
+    guards: dict[str, AckGuard] | None = getattr(app, "_paystream_ack_guards", None)
+    if guards is None:
+        guards = {}
+        app._paystream_ack_guards = guards
+    for topic in topics:
+        guards[topic] = (applied, on_refused)
 
 
 def _ack_applied_only(self: Any, message: Any) -> bool:
-    guard: AckGuard | None = getattr(self.app, "_paystream_ack_guard", None)
+    guards: dict[str, AckGuard] | None = getattr(self.app, "_paystream_ack_guards", None)
+    guard = guards.get(message.topic) if guards else None
     if guard is not None and not message.acked:
-        topics, applied, on_refused = guard
+        applied, on_refused = guard
         tp = message.tp
-        if message.topic in topics and not applied(tp, message.offset) and tp in self.assignment():
+        if not applied(tp, message.offset) and tp in self.assignment():
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)  # a rebalance waiting for the stream to drain goes on
             on_refused(message)
