@@ -146,7 +146,8 @@ def wait_all_own_partitions(producer: OrderServiceProducer, collector: Collector
         collector.wait(lambda c, wanted=wanted: wanted <= set(c.terminal_causations()), 30)
         if all(commands_applied(w) > 0 for w in members):
             return
-        assert all(w.alive for w in members), "a worker exited"
+        dead = [w for w in members if not w.alive]
+        assert not dead, "a worker exited:\n" + "\n".join(w.log.read_text(errors="replace")[-4000:] for w in dead)
         assert time.monotonic() < deadline, "the workers did not share the partitions in time"
         time.sleep(1)
 
