@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
 from faust.tables import base as faust_tables
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -156,6 +157,28 @@ def _ack_applied_only(self: Any, message: Any) -> bool:
     return _original_ack(self, message)
 
 
+# --- Recovery never seeks to a negative offset -------------------------------------------------
+#
+# Observed (tests/integration/test_fraud_workers.py, two fraud-enabled workers started together):
+# "[Recovery]: Crashed reason=ValueError('Offset must be a positive integer')" in the standby
+# seek of ``Recovery._restart_recovery``, and the worker exits. A GlobalTable (the fraud
+# blocklist) gets standby partitions on every worker even with ``table_standby_replicas=0``, and
+# a rebalance during recovery left an offset below -1 for one of them; faust only maps -1 (read
+# nothing yet) to 0. Any offset below 0 is "nothing read": the changelog is read from its
+# start, which for a compacted changelog rebuilds the same table.
+
+_original_seek_offsets = faust_recovery.Recovery._seek_offsets
+
+
+async def _seek_offsets_not_negative(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+    for tp in tps:
+        if offsets[tp] is None or offsets[tp] < -1:
+            log.warning("recovery: %s offset %d of %s is negative: reading its changelog from the start",
+                        title, offsets[tp], tp)
+            offsets[tp] = -1
+    await _original_seek_offsets(self, consumer, tps, offsets, title)
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
@@ -164,4 +187,5 @@ def apply() -> None:
     faust_tables.Collection.send_changelog = _send_changelog_tracked  # type: ignore[method-assign]
     faust_consumer.Consumer._commit_offsets = _commit_offsets_between_inputs  # type: ignore[method-assign]
     faust_consumer.Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
+    faust_recovery.Recovery._seek_offsets = _seek_offsets_not_negative  # type: ignore[method-assign]
     _APPLIED = True

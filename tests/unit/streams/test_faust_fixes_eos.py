@@ -135,3 +135,21 @@ def test_each_agent_guards_its_own_topics(monkeypatch: pytest.MonkeyPatch) -> No
     assert faust_fixes._ack_applied_only(consumer, dropped_check) is False
     assert acked == [("payment.requests", 3), ("paystream-fraud-checks", 1)]
     assert refused == [("fraud", dropped_check)]
+
+
+def test_recovery_seeks_a_negative_offset_to_the_changelog_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust maps only -1 to 0; an offset below that (seen for a GlobalTable's standby after a
+    rebalance during recovery) made aiokafka raise and the worker exit."""
+    sought: list[dict[TP, int]] = []
+
+    class Consumer:
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            sought.append(dict(offsets))
+
+    from collections import Counter
+
+    standby, other, fresh = TP("paystream-fraud-blocklist-changelog", 0), TP("x-changelog", 1), TP("y", 2)
+    offsets: Counter[TP] = Counter({standby: -2, other: 41, fresh: -1})
+    asyncio.run(faust_fixes._seek_offsets_not_negative(SimpleNamespace(), Consumer(), {standby, other, fresh},
+                                                       offsets, "standby"))
+    assert sought == [{standby: 0, other: 41, fresh: 0}]
