@@ -163,9 +163,10 @@ def _ack_applied_only(self: Any, message: Any) -> bool:
 # "[Recovery]: Crashed reason=ValueError('Offset must be a positive integer')" in the standby
 # seek of ``Recovery._restart_recovery``, and the worker exits. A GlobalTable (the fraud
 # blocklist) gets standby partitions on every worker even with ``table_standby_replicas=0``, and
-# a rebalance during recovery left an offset below -1 for one of them; faust only maps -1 (read
-# nothing yet) to 0. Any offset below 0 is "nothing read": the changelog is read from its
-# start, which for a compacted changelog rebuilds the same table.
+# a rebalance during recovery left no offset (None; logged by this fix for the blocklist's
+# changelog partitions) for them; faust only maps -1 (read nothing yet) to 0. None or anything
+# below 0 means "nothing read": the changelog is read from its start, which for a compacted
+# changelog rebuilds the same table.
 
 _original_seek_offsets = faust_recovery.Recovery._seek_offsets
 

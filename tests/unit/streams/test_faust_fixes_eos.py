@@ -138,8 +138,8 @@ def test_each_agent_guards_its_own_topics(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_recovery_seeks_a_negative_offset_to_the_changelog_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """faust maps only -1 to 0; an offset below that (seen for a GlobalTable's standby after a
-    rebalance during recovery) made aiokafka raise and the worker exit."""
+    """faust maps only -1 to 0; no offset (None, seen for a GlobalTable's standby after a
+    rebalance during recovery) or one below -1 made aiokafka raise and the worker exit."""
     sought: list[dict[TP, int]] = []
 
     class Consumer:
@@ -148,8 +148,10 @@ def test_recovery_seeks_a_negative_offset_to_the_changelog_start(monkeypatch: py
 
     from collections import Counter
 
-    standby, other, fresh = TP("paystream-fraud-blocklist-changelog", 0), TP("x-changelog", 1), TP("y", 2)
-    offsets: Counter[TP] = Counter({standby: -2, other: 41, fresh: -1})
-    asyncio.run(faust_fixes._seek_offsets_not_negative(SimpleNamespace(), Consumer(), {standby, other, fresh},
+    standby, other, fresh, below = (TP("paystream-fraud-blocklist-changelog", 0), TP("x-changelog", 1), TP("y", 2),
+                                    TP("z", 3))
+    offsets: Counter[TP] = Counter({other: 41, fresh: -1, below: -2})
+    offsets[standby] = None  # type: ignore[assignment]  # what the crashed recovery was given
+    asyncio.run(faust_fixes._seek_offsets_not_negative(SimpleNamespace(), Consumer(), {standby, other, fresh, below},
                                                        offsets, "standby"))
-    assert sought == [{standby: 0, other: 41, fresh: 0}]
+    assert sought == [{standby: 0, other: 41, fresh: 0, below: 0}]
