@@ -174,7 +174,7 @@ _original_seek_offsets = faust_recovery.Recovery._seek_offsets
 async def _seek_offsets_not_negative(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
     for tp in tps:
         if offsets[tp] is None or offsets[tp] < -1:
-            log.warning("recovery: %s offset %d of %s is negative: reading its changelog from the start",
+            log.warning("recovery: %s offset %s of %s is not an offset: reading its changelog from the start",
                         title, offsets[tp], tp)
             offsets[tp] = -1
     await _original_seek_offsets(self, consumer, tps, offsets, title)
