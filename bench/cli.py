@@ -17,7 +17,7 @@ from rich.console import Console
 
 from bench.env import ROOT
 
-SCENARIOS = ("baseline", "eos", "alo", "http")
+SCENARIOS = ("baseline", "eos", "alo", "textbook", "http")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
