@@ -286,7 +286,7 @@ def write_charts(prefix: Path, data: Mapping[str, Any]) -> list[Path]:
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("messages or payments per second (log)")
-        ax.set_title("paystream throughput vs a raw Kafka loop and a textbook faust agent (same run)")
+        ax.set_title("paystream vs a raw Kafka loop and a textbook faust agent", fontsize=10)
         for bar, v in zip(bars, values, strict=True):
             ax.annotate(fmt_num(v), (bar.get_x() + bar.get_width() / 2, max(v, 1)), ha="center", va="bottom",
                         fontsize=8)
