@@ -66,12 +66,18 @@ def test_log_findings_name_file_and_line_and_never_show_the_number(tmp_path: Pat
     worker.parent.mkdir()
     worker.write_text("started\nrejected command note=4000056655665556 id=pay_1\n")
     (tmp_path / "worker0" / "data.db").write_text("4242424242424242")  # not a log: not read
-    found = log_files([tmp_path], every_file_under=[logs])
-    assert set(found) == {worker, logs / "kafka-broker" / "server.log.2026-11-26-17"}
-    report = I6Report()
-    scan_logs(found, report)
-    assert report.findings == [f"log {worker}:2: 400005******5556"]
-    assert "4000056655665556" not in " ".join(report.findings) and report.log_lines == 3
+    try:
+        found = log_files([tmp_path], every_file_under=[logs])
+        assert set(found) == {worker, logs / "kafka-broker" / "server.log.2026-11-26-17"}
+        report = I6Report()
+        scan_logs(found, report)
+        assert report.findings == [f"log {worker}:2: 400005******5556"]
+        assert "4000056655665556" not in " ".join(report.findings) and report.log_lines == 3
+    finally:
+        # This planted log lies under pytest's basetemp, which the whole-suite scan reads last:
+        # (it did find it there). Remove the card numbers this test wrote.
+        worker.unlink()
+        (tmp_path / "worker0" / "data.db").unlink()
 
 
 def test_masking_keeps_the_first_six_and_last_four() -> None:
