@@ -327,6 +327,16 @@ def _hex_context(data: bytes, start: int, end: int) -> bool:
 
 def find_card_numbers(data: bytes) -> list[str]:
     """Card numbers in ``data``, masked (``****1234`` and the digit count)."""
+    return [f"****{digits[-4:]} ({len(digits)} digits)" for digits in card_numbers_in(data)]
+
+
+def mask_pan(digits: str) -> str:
+    """First six and last four digits (PCI DSS 3.4.1's most that may be shown), the rest masked."""
+    return f"{digits[:6]}{'*' * (len(digits) - 10)}{digits[-4:]}"
+
+
+def card_numbers_in(data: bytes) -> list[str]:
+    """The card numbers in ``data`` (the digits, unmasked: mask before printing)."""
     found: list[str] = []
     for run in _RUN.finditer(data):
         groups = [g.group().decode() for g in _GROUPS.finditer(run.group())]
@@ -346,7 +356,7 @@ def find_card_numbers(data: bytes) -> list[str]:
                 if len(digits) > 19:
                     break
                 if len(digits) >= 13 and digits[0] in "23456" and luhn(digits):
-                    found.append(f"****{digits[-4:]} ({len(digits)} digits)")
+                    found.append(digits)
                     break
     return found
 
@@ -814,7 +824,7 @@ def _scan_card_numbers(cfg: CheckConfig, report: Report) -> None:
             for pan in find_card_numbers(line):
                 report.card_numbers.append(f"log {path}:{line_no}: {pan}")
     if cfg.scan_pg_dump:
-        dump = _pg_dump(cfg.dsn)
+        dump = pg_dump(cfg.dsn)
         if dump is None:
             report.notes.append("pg_dump failed: Postgres not scanned for card numbers")
         else:
@@ -837,11 +847,11 @@ def _line_key(line: bytes) -> str:
 
 def pg_card_lines(dsn: str) -> set[str]:
     """Keys of the ``pg_dump`` lines holding card numbers now (a window's baseline)."""
-    dump = _pg_dump(dsn) or b""
+    dump = pg_dump(dsn) or b""
     return {_line_key(line) for line in dump.splitlines() if find_card_numbers(line)}
 
 
-def _pg_dump(dsn: str) -> bytes | None:
+def pg_dump(dsn: str) -> bytes | None:
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), reverse=True) or ["pg_dump"]
     try:
         r = subprocess.run([binaries[0], "--data-only", "--no-owner", f"--dbname={dsn}"], capture_output=True,
