@@ -29,7 +29,6 @@ from paystream.core.machine import (
     CallGateway,
     Decision,
     FraudVerdictInput,
-    GatewayReply,
     Input,
     Notification,
     PaymentState,
