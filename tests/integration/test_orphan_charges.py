@@ -144,3 +144,25 @@ def test_a_charge_behind_a_lying_5xx_is_refunded_once_and_the_payment_keeps_its_
     assert len(bodies(collector.by_payment[pid], "OrphanChargeResolved")) == 1
     [orphan_now] = [c for c in ledger(stack_env, pid) if orphan_key in c["idempotency_keys"]]
     assert len(orphan_now["refunds"]) == 1 and orphan_now["amount_refunded"] == 2_345
+
+
+def test_a_payment_that_failed_gets_every_orphan_refunded_and_stays_failed(worker, producer, collector, stack_env):
+    # Every attempt charges and says "nothing charged": the payment fails (processing_error),
+    # and no money is kept for it: each attempt's charge is refunded.
+    pid = uid("orphan-failed")
+    cmd = producer.send(create_cmd(pid, amount=1_234, token="tok_5xx_after_charge"))
+    producer.flush()
+    failed = terminal(collector, pid, cmd)
+    assert failed["_type"] == "PaymentFailed" and failed["event"][1]["decline_code"] == "processing_error"
+    attempts = len(ledger(stack_env, pid))
+    assert attempts >= 2  # MAX_GATEWAY_ATTEMPTS charges, one per abandoned key
+
+    assert collector.wait(lambda c: len(bodies(c.by_payment[pid], "OrphanChargeResolved")) == attempts, 120), \
+        [e["_type"] for e in collector.by_payment[pid]]
+    events = collector.by_payment[pid]
+    check_sequences(events)
+    assert {b["outcome"] for b in bodies(events, "OrphanChargeResolved")} == {"refunded"}
+    assert all(e["status"] == "failed" for e in events[events.index(failed):])
+    charges = ledger(stack_env, pid)
+    assert all(c["status"] == "refunded" and c["amount_refunded"] == c["amount_captured"] == 1_234 for c in charges)
+    assert sum(c["amount_captured"] - c["amount_refunded"] for c in charges) == 0
