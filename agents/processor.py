@@ -33,6 +33,7 @@ from paystream.core.machine import (
     Input,
     Notification,
     PaymentState,
+    ReconcileResult,
     ReplyStatus,
     RequestFraudCheck,
     decide,
@@ -49,7 +50,7 @@ from paystream.core.methods import (
 )
 from paystream.core.rejections import Rejection, RejectionReason
 from paystream.core.sensitive import redact
-from paystream.metrics import ORPHAN_CHARGES
+from paystream.metrics import ORPHAN_CHARGES, RECONCILER_RESOLUTIONS
 from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
 
@@ -262,6 +263,8 @@ class PaymentProcessor:
         out = Output()
         record = self.load(payment_id, partition)
         decision = decide(record.state, inp, now)
+        if isinstance(inp, ReconcileResult):
+            RECONCILER_RESOLUTIONS.labels(inp.status.value, 'ignored' if decision.ignored else 'applied').inc()
         if decision.ignored:
             out.ignored = decision.ignored
             if (decision.ignored == "stale_reply" and isinstance(inp, GatewayReply)

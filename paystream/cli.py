@@ -440,6 +440,8 @@ def event_line(value: dict[str, Any]) -> str:
     status = value.get("status") or "-"
     line = f"{at} {value['payment_id']:<24} #{value['sequence']:<3} {event_type(value):<22} {status:<16}"
     totals = value.get("totals") or {}
+    if isinstance(totals, (tuple, list)):  # the Avro union as decoded: (record name, fields)
+        totals = totals[1]
     if totals:
         currency = str(totals.get("currency", ""))
         line += f" {money(totals.get('amount'), currency)}"

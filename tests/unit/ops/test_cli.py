@@ -318,7 +318,9 @@ def test_tail_lines_are_readable() -> None:
     when there are any; an event without totals (a rejection) still gets its line."""
     event = {"payment_id": "pay_t1", "sequence": 3, "occurred_at": 1_700_000_000_000, "status": "partially_refunded",
              "event": ("io.paystream.events.RefundProcessed", {}),
-             "totals": {"currency": "KWD", "amount": 12345, "authorized": 12345, "captured": 12345, "refunded": 5}}
+             # as EventReader decodes it: the union's record name and its fields
+             "totals": ("io.paystream.events.PaymentTotals",
+                        {"currency": "KWD", "amount": 12345, "authorized": 12345, "captured": 12345, "refunded": 5})}
     line = cli.event_line(event)
     assert line.startswith("22:13:20 pay_t1 ")
     assert "#3 " in line and "RefundProcessed" in line and "partially_refunded" in line

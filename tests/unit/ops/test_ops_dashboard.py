@@ -28,6 +28,10 @@ MUST_SHOW = [
     "paystream_topic_sink_skipped_total",
     "paystream_topic_sink_postgres_up",
     'up{job=~"paystream-vault-sink|paystream-audit-sink"}',
+    # webhook verification failures, reconciler resolutions, retries
+    "paystream_webhooks_rejected_total",
+    "paystream_reconciler_resolutions_total",
+    "paystream_gateway_retries_total",
 ]
 
 
