@@ -175,7 +175,7 @@ def _run(settings: Settings, count: int, rng: random.Random, worker: subprocess.
                     producer.send(dup)
                     sent_at[dup["command_id"]] = time.monotonic()
             producer.flush()
-            counts = Counter(status.values())
+            counts = Counter(s or "rejected" for s in status.values())  # a rejected command has no status
             grid = Table(title=f"live: {len(terminal_at)}/{len(expected)} commands answered, "
                                f"{len(events)} events", show_header=True)
             for k in sorted(counts):
@@ -185,6 +185,8 @@ def _run(settings: Settings, count: int, rng: random.Random, worker: subprocess.
             if worker.poll() is not None:
                 console.print("[red]the worker exited; see .stack/logs/demo-worker.log")
                 return 1
+    if not console.is_terminal:
+        console.print()  # Live's last frame ends without a newline when the output is a file or a pipe
     elapsed = time.monotonic() - t0
     missing = expected - set(terminal_at)
     latencies = sorted((terminal_at[c] - sent_at[c]) * 1000 for c in terminal_at)
