@@ -166,14 +166,14 @@ class JsonTopicSink:
 
     def _update_lag(self) -> None:
         """The lag gauge per assigned partition: the topic's end minus the sink's position."""
-        for tp in self.consumer.assignment():
-            try:
+        try:
+            for tp in self.consumer.assignment():
                 _, high = self.consumer.get_watermark_offsets(tp, timeout=1, cached=True)
                 pos = self.consumer.position([tp])[0].offset
                 if high >= 0 and pos >= 0:
                     LAG.labels(self.kind, str(tp.partition)).set(max(high - pos, 0))
-            except Exception:  # lag is informative only
-                pass
+        except Exception:  # lag is informative only: it never stops the sink
+            pass
 
     def _on_assign(self, _consumer: Consumer, partitions: list[Any]) -> None:
         if self.status is not None:
