@@ -52,18 +52,20 @@ def test_stack_status_up_and_down_from_the_cli(stack_env: dict[str, str]) -> Non
     assert up.returncode == 0, up.stdout + up.stderr
     assert "[setup] topics created:" in up.stdout and "migrations applied: 0" in up.stdout
 
-    # One service down and up again: the simulated gateway (seconds to start; no payment is in flight).
+    # One service down and up again: stripe-mock (stateless, up in a second; the simulated gateway
+    # would lose its in-memory ledger, which later tests read).
     try:
-        down = cli(stack_env, "stack", "down", "simgw")
+        down = cli(stack_env, "stack", "down", "stripe-mock")
         assert down.returncode == 0, down.stdout + down.stderr
         out = cli(stack_env, "stack", "status")
         assert out.returncode == 1, "status must fail while a service is down"
-        assert status_lines(out.stdout) == {**dict.fromkeys(SERVICES, "healthy"), "simgw": "down"}
-        up = cli(stack_env, "stack", "up", "simgw")
+        assert status_lines(out.stdout) == {**dict.fromkeys(SERVICES, "healthy"), "stripe-mock": "down"}
+        up = cli(stack_env, "stack", "up", "stripe-mock")
         assert up.returncode == 0, up.stdout + up.stderr
+        assert re.search(r"stripe-mock +up in", up.stdout), up.stdout
     finally:
-        if stack.status()["simgw"] != "healthy":
-            stack.up(["simgw"])
+        if stack.status()["stripe-mock"] != "healthy":
+            stack.up(["stripe-mock"])
     out = cli(stack_env, "stack", "status")
     assert out.returncode == 0 and status_lines(out.stdout) == dict.fromkeys(SERVICES, "healthy"), out.stdout
 
