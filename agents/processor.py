@@ -32,6 +32,7 @@ from paystream.core.machine import (
     Input,
     Notification,
     PaymentState,
+    ReconcileResult,
     RequestFraudCheck,
     decide,
     is_busy,
@@ -46,7 +47,7 @@ from paystream.core.methods import (
 )
 from paystream.core.rejections import Rejection, RejectionReason
 from paystream.core.sensitive import redact
-from paystream.metrics import ORPHAN_CHARGES, ORPHAN_RESOLUTIONS
+from paystream.metrics import ORPHAN_CHARGES, ORPHAN_RESOLUTIONS, RECONCILER_RESOLUTIONS
 from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
 
@@ -277,6 +278,8 @@ class PaymentProcessor:
         out = Output()
         record = self.load(payment_id, partition)
         decision = decide(record.state, inp, now)
+        if isinstance(inp, ReconcileResult):
+            RECONCILER_RESOLUTIONS.labels(inp.status.value, 'ignored' if decision.ignored else 'applied').inc()
         if decision.ignored:
             out.ignored = decision.ignored
             return out

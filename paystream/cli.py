@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -115,6 +116,21 @@ def stack_status() -> None:
         click.echo(f"{name:<12} {state:<10} {st.SERVICES[name].where}")
         bad |= state != "healthy"
     sys.exit(1 if bad else 0)
+
+
+@stack.command("compose", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+               help="Run Docker Compose v2 (built from its Go module into the stack's bin/ on first use, which "
+                    "takes minutes) with these arguments, e.g. `paystream stack compose config --quiet` validates "
+                    "docker-compose.yml without a Docker engine. Or use `DOCKER_CONFIG=<stack>/docker docker compose`.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def stack_compose(args: tuple[str, ...]) -> None:
+    from paystream import stack as st
+
+    try:
+        binary = st.install_compose()
+    except (st.StackError, subprocess.CalledProcessError) as exc:
+        raise click.ClickException(f"could not build docker compose: {exc}") from exc
+    sys.exit(subprocess.run([str(binary), *args]).returncode)
 
 
 def _setup() -> None:
@@ -407,27 +423,51 @@ def status(payment_id: str) -> None:
             click.echo(f"  {seq:>3}  {etype:<24} caused by {cause}")
 
 
-@main.command(help="Follow payment.events live (read_committed), one readable line per event.")
-@click.option("--from-beginning", is_flag=True)
-def tail(from_beginning: bool) -> None:
-    from paystream.client import EventReader, event_type
+def event_line(value: dict[str, Any]) -> str:
+    """One event of payment.events as a line a person reads: its time (UTC), the payment, its
+    sequence number, the event, the payment's status after it, and the amounts in major units
+    (captured and refunded only when there are any)."""
+    from paystream.client import event_type
+    from paystream.core.money import Money, format_money
 
-    reader = EventReader(get_settings())
-    if not from_beginning:
-        reader.consumer.poll(1)
-        for tp in reader.consumer.assignment():
-            _, high = reader.consumer.get_watermark_offsets(tp)
-            tp.offset = high
-            reader.consumer.seek(tp)
+    def money(amount: object, currency: str) -> str:
+        try:
+            return format_money(Money(int(amount), currency))  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return f"{amount} {currency}"
+
+    at = time.strftime("%H:%M:%S", time.gmtime(int(value.get("occurred_at") or 0) / 1000))
+    status = value.get("status") or "-"
+    line = f"{at} {value['payment_id']:<24} #{value['sequence']:<3} {event_type(value):<22} {status:<16}"
+    totals = value.get("totals") or {}
+    if isinstance(totals, (tuple, list)):  # the Avro union as decoded: (record name, fields)
+        totals = totals[1]
+    if totals:
+        currency = str(totals.get("currency", ""))
+        line += f" {money(totals.get('amount'), currency)}"
+        for part in ("captured", "refunded"):
+            if totals.get(part):
+                line += f" {part} {money(totals[part], currency)}"
+    return line.rstrip()
+
+
+@main.command(help="Follow payment.events live (read_committed), one readable line per event: time (UTC), payment, "
+                   "sequence, event, status after it, amounts. Starts at the newest event; Ctrl-C stops.")
+@click.option("--from-beginning", is_flag=True, help="start at the oldest event the topic keeps instead of now")
+def tail(from_beginning: bool) -> None:
+    from paystream.client import EventReader
+
+    reader = EventReader(get_settings(), from_end=not from_beginning)
+    click.echo(f"following payment.events from {'the beginning' if from_beginning else 'now'} (Ctrl-C stops)",
+               err=True)
     try:
         while True:
             for v in reader.poll(1.0):
-                t = v.get("totals") or {}
-                click.echo(f"{time.strftime('%H:%M:%S')} {v['payment_id']:<24} #{v['sequence']:<3} "
-                           f"{event_type(v):<22} {v.get('status') or '':<18} "
-                           f"{t.get('amount', '')} {t.get('currency', '')}")
+                click.echo(event_line(v))
     except KeyboardInterrupt:
         pass
+    finally:
+        reader.close()
 
 
 # ------------------------------------------------------------------ audit and customers

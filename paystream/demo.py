@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -174,7 +175,7 @@ def _run(settings: Settings, count: int, rng: random.Random, worker: subprocess.
                     producer.send(dup)
                     sent_at[dup["command_id"]] = time.monotonic()
             producer.flush()
-            counts = Counter(status.values())
+            counts = Counter(s or "rejected" for s in status.values())  # a rejected command has no status
             grid = Table(title=f"live: {len(terminal_at)}/{len(expected)} commands answered, "
                                f"{len(events)} events", show_header=True)
             for k in sorted(counts):
@@ -184,6 +185,8 @@ def _run(settings: Settings, count: int, rng: random.Random, worker: subprocess.
             if worker.poll() is not None:
                 console.print("[red]the worker exited; see .stack/logs/demo-worker.log")
                 return 1
+    if not console.is_terminal:
+        console.print()  # Live's last frame ends without a newline when the output is a file or a pipe
     elapsed = time.monotonic() - t0
     missing = expected - set(terminal_at)
     latencies = sorted((terminal_at[c] - sent_at[c]) * 1000 for c in terminal_at)
@@ -247,27 +250,38 @@ def _summary(settings: Settings, plan: list[dict[str, Any]], bad_pid: str, event
     t2.add_row("wall time", f"{elapsed:.1f} s")
     console.print(t2)
     console.print("look closer: `paystream status <payment_id>`, `paystream tail --from-beginning`, "
-                  "psql on 127.0.0.1:15432/paystream")
+                  f"`psql {_without_password(settings.postgres_dsn)}`")
 
 
-def _chart(plan: list[dict[str, Any]], status: dict[str, str], latencies: list[float]) -> None:
+def _without_password(dsn: str) -> str:
+    """The DSN to show a person: any password replaced (the demo's stack has none)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:****@", dsn)
+
+
+def _chart(plan: list[dict[str, Any]], status: dict[str, str], latencies: list[float],
+           out: Path = Path("results") / "demo.png") -> Path | None:
+    """A PNG: payments by final status, and the command → result latency histogram."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
-    out = Path("results") / "demo.png"
-    out.parent.mkdir(exist_ok=True)
+        console.print("no chart: matplotlib is not installed (`pip install -e '.[bench]'`; `make demo` does)")
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
     counts = Counter(status.get(p["payment_id"], "no result") for p in plan)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.bar(list(counts), list(counts.values()), color="#4c72b0")
     a.set_title("payments by final status")
+    a.set_ylabel("payments")
     a.tick_params(axis="x", rotation=30)
     b.hist(latencies, bins=20, color="#55a868")
     b.set_title("command → result latency (ms)")
     b.set_xlabel("ms")
+    b.set_ylabel("commands")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+    plt.close(fig)
     console.print(f"chart: {out}")
+    return out

@@ -47,6 +47,14 @@ GAPS_UNREADABLE = Counter("paystream_input_gaps_unreadable_total", "Skipped rang
                           ["topic"])
 REVOKED_SKIPPED = Counter("paystream_input_revoked_skipped_total",
                           "Inputs left to a partition's new owner after a rebalance")
+WEBHOOKS_REJECTED = Counter("paystream_webhooks_rejected_total",
+                            "Gateway webhooks refused: signature or timestamp invalid (401), payload invalid (400), "
+                            "or unparseable",
+                            ["gateway", "reason"])
+RECONCILER_RESOLUTIONS = Counter("paystream_reconciler_resolutions_total",
+                                 "The reconciler's findings about calls whose outcome was unknown, by the gateway's "
+                                 "answer: applied to the payment, or ignored (already resolved, stale)",
+                                 ["status", "outcome"])
 INPUTS_IGNORED = Counter("paystream_inputs_ignored_total",
                          "Gateway replies and notifications that changed nothing (stale, duplicate, unknown payment)",
                          ["kind"])

@@ -9,8 +9,11 @@ recorded when we started it. ``up`` is idempotent: a healthy service is left alo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +30,10 @@ STACK_SRC = REPO / "stack"
 
 KAFKA_VERSION = "4.1.1"
 STRIPE_MOCK_VERSION = "v0.203.0"
+# The Compose v2 CLI, built from its Go module: it validates docker-compose.yml (`docker compose
+# config`) on a machine without a Docker engine (tests/unit/ops/test_ops_compose.py).
+COMPOSE_MODULE = "github.com/docker/compose/v2"
+COMPOSE_VERSION = "v2.40.3"
 APICURIO_DIR = STACK_SRC / "apicurio"
 
 
@@ -477,9 +484,7 @@ def install_stripe_mock() -> None:
     marker = stack_dir() / "bin" / f"stripe-mock-{STRIPE_MOCK_VERSION}"
     if stripe_mock_bin().exists() and marker.exists():
         return
-    if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
-        raise StackError("the Go toolchain is needed to build stripe-mock")
-    go = shutil.which("go") or "/usr/local/go/bin/go"
+    go = _go()
     log(f"building stripe-mock {STRIPE_MOCK_VERSION} with the Go toolchain (first run only)")
     (stack_dir() / "bin").mkdir(parents=True, exist_ok=True)
     run(
@@ -510,6 +515,70 @@ def stripe_mock_healthy() -> bool:
             return bool(r.status == 200)
     except Exception:
         return False
+
+
+def _go() -> str:
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        raise StackError("the Go toolchain is needed to build the stack's tools")
+    return go
+
+
+# --------------------------------------------------------------------------- docker compose (a tool, not a service)
+
+
+def compose_bin() -> Path:
+    return stack_dir() / "bin" / "docker-compose"
+
+
+def docker_config_dir() -> Path:
+    """A DOCKER_CONFIG folder whose cli-plugins/ holds the built compose, so that
+    ``DOCKER_CONFIG=<it> docker compose ...`` runs it as the docker CLI's plugin."""
+    return stack_dir() / "docker"
+
+
+def install_compose() -> Path:
+    """Build the Compose v2 CLI from its Go module into the stack's bin/ (first call only; later
+    calls return at once) and link it as a docker CLI plugin under ``docker_config_dir()``.
+
+    ``go install <module>/cmd@<version>`` refuses compose (its go.mod has exclude directives),
+    so it is built from a main module of our own carrying compose's go.mod (the same versions
+    and directives) under the stack's build/. A fresh build downloads ~200 MB of modules and
+    compiles for 3-5 minutes on two cores; with Go's build cache warm it takes seconds.
+    Concurrent callers wait for one build (a file lock)."""
+    marker = stack_dir() / "bin" / f"docker-compose-{COMPOSE_VERSION}"
+    if compose_bin().exists() and marker.exists():
+        return compose_bin()
+    (stack_dir() / "run").mkdir(parents=True, exist_ok=True)
+    with open(stack_dir() / "run" / "compose-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if compose_bin().exists() and marker.exists():
+            return compose_bin()
+        go = _go()
+        log(f"building docker compose {COMPOSE_VERSION} with the Go toolchain (first run only; minutes)")
+        t0 = time.monotonic()
+        build = stack_dir() / "build" / "compose"
+        build.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOWORK": "off", "GOFLAGS": "-buildvcs=false"}
+        out = run([go, "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"], env=env, cwd=build,
+                  capture_output=True)
+        gomod = Path(json.loads(out.stdout)["GoMod"]).read_text()
+        main_mod = re.sub(r"^module \S+$", "module paystream.local/compose-build", gomod, count=1, flags=re.M)
+        (build / "go.mod").write_text(f"{main_mod}\nrequire {COMPOSE_MODULE} {COMPOSE_VERSION}\n")
+        (stack_dir() / "bin").mkdir(parents=True, exist_ok=True)
+        tmp = compose_bin().with_suffix(".tmp")
+        run([go, "build", "-trimpath", "-o", str(tmp),
+             "-ldflags", f"-s -w -X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}", f"{COMPOSE_MODULE}/cmd"],
+            env={**env, "GOFLAGS": "-mod=mod -buildvcs=false"}, cwd=build)
+        os.replace(tmp, compose_bin())
+        plugins = docker_config_dir() / "cli-plugins"
+        plugins.mkdir(parents=True, exist_ok=True)
+        link = plugins / "docker-compose"
+        link.unlink(missing_ok=True)
+        link.symlink_to(compose_bin())
+        marker.write_text(COMPOSE_VERSION)
+        log(f"docker compose {COMPOSE_VERSION} built in {time.monotonic() - t0:.0f}s: {compose_bin()}")
+    return compose_bin()
 
 
 # --------------------------------------------------------------------------- simulated gateway

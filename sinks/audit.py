@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from paystream.security import audit as au
-from sinks.vault import JsonTopicSink, Record
+from sinks.vault import SKIPPED, JsonTopicSink, Record
 
 log = logging.getLogger("paystream.sink.audit")
 
@@ -65,6 +65,7 @@ def decode_batch(records: list[Record]) -> list[au.AuditRecord]:
             out.append(au.decode_record(value or b""))
         except ValueError as exc:
             log.error("malformed audit record skipped: %s", exc)
+            SKIPPED.labels("audit").inc()
     return out
 
 

@@ -53,6 +53,13 @@ PG_UP = Gauge("paystream_topic_sink_postgres_up", "1 while the vault/audit sink 
               registry=REGISTRY)
 LAST_COMMIT = Gauge("paystream_topic_sink_last_commit_timestamp_seconds",
                     "When the vault/audit sink last committed a batch", ["sink"], registry=REGISTRY)
+LAG = Gauge("paystream_topic_sink_lag_messages", "Records in the vault/audit topic not yet stored, per partition",
+            ["sink", "partition"], registry=REGISTRY)
+RETRIES = Counter("paystream_topic_sink_retries_total", "Vault/audit batch writes retried after a Postgres error",
+                  ["sink"], registry=REGISTRY)
+SKIPPED = Counter("paystream_topic_sink_skipped_total",
+                  "Vault/audit records not stored: unreadable, or refused (a token not sealed, card data)",
+                  ["sink"], registry=REGISTRY)
 PING_INTERVAL_S = 5.0  # an idle sink checks Postgres this often, so /ready stays true
 
 Record = tuple[bytes | None, bytes | None]  # key, value
@@ -133,6 +140,7 @@ class JsonTopicSink:
                 self._postgres(False, type(exc).__name__)
                 if self.status is not None:
                     self.status.beat()  # waiting for Postgres is not a stalled loop
+                RETRIES.labels(self.kind).inc()
                 log.warning("%s: postgres unavailable (%s); retrying in %.1fs", self.name,
                             type(exc).__name__, backoff)
                 if self.conn is not None:
@@ -155,6 +163,17 @@ class JsonTopicSink:
                 continue
             records.append((msg.key(), msg.value()))
         return not records or self._store(records, stop)
+
+    def _update_lag(self) -> None:
+        """The lag gauge per assigned partition: the topic's end minus the sink's position."""
+        try:
+            for tp in self.consumer.assignment():
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=1, cached=True)
+                pos = self.consumer.position([tp])[0].offset
+                if high >= 0 and pos >= 0:
+                    LAG.labels(self.kind, str(tp.partition)).set(max(high - pos, 0))
+        except Exception:  # lag is informative only: it never stops the sink
+            pass
 
     def _on_assign(self, _consumer: Consumer, partitions: list[Any]) -> None:
         if self.status is not None:
@@ -179,10 +198,12 @@ class JsonTopicSink:
                 if not msgs:
                     if self.status is not None and time.monotonic() - self._last_ping >= PING_INTERVAL_S:
                         self.ping()
+                        self._update_lag()
                     continue
                 if not self.store_messages(msgs, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
                 self.consumer.commit(asynchronous=False)
+                self._update_lag()
         finally:
             self.consumer.close()
             if self.conn is not None:
@@ -260,10 +281,13 @@ def write_vault_batch(conn: psycopg.Connection, records: list[Record]) -> int:
             decoded = json.loads(value or b"null")
         except ValueError:
             log.error("unreadable vault record skipped")
+            SKIPPED.labels("vault").inc()
             continue
         row = method_row(decoded) if isinstance(decoded, dict) else None
         if row is not None:
             rows.append(row)
+        elif isinstance(decoded, dict) and decoded.get("kind") == "payment_method":
+            SKIPPED.labels("vault").inc()  # refused: see method_row's log line
     with conn.transaction(), conn.cursor() as cur:
         for row in rows:  # in order: a method's records share a partition, so they come in order
             cur.execute(UPSERT_METHOD, row)

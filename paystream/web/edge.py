@@ -45,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from gateway_clients.protocol import GatewayNotification, InvalidWebhookError, PaymentGateway
+from paystream import metrics
 from paystream.core.sensitive import find_pan
 from paystream.web import mapping
 from paystream.web.auth import ApiKey, Scope, authenticate
@@ -517,10 +518,13 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
                 edge.audit(actor, "webhook.receive", resource, "ignored", origin, {"reason": code})
                 return view.json({"ignored": [{"reason": code}], "accepted": []})
             log.info("webhook for %s refused: %s", gateway, code or "invalid")
-            status = 400 if code in _PAYLOAD_ERRORS else 401
+            bad_payload = code in _PAYLOAD_ERRORS
+            metrics.WEBHOOKS_REJECTED.labels(gateway, 'payload' if bad_payload else 'signature').inc()
+            status = 400 if bad_payload else 401
             raise HttpError(status, "invalid_webhook", reason_code=code or "invalid", resource=resource) from None
         except Exception as exc:  # a translator bug must not become a 500 the gateway retries forever
             log.warning("webhook for %s unparseable: %s", gateway, type(exc).__name__)
+            metrics.WEBHOOKS_REJECTED.labels(gateway, 'unparseable').inc()
             raise HttpError(400, "invalid_webhook", reason_code="unparseable", resource=resource) from None
         received_at = now_ms()
         outgoing: list[tuple[str, dict[str, Any]]] = []

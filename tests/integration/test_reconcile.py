@@ -6,10 +6,13 @@ from __future__ import annotations
 import httpx
 
 from tests.integration.test_end_to_end import check_sequences, uid
+from tests.integration.test_ops_metrics import scrape, value
 from tests.support.kafka_tools import create_cmd
 
 
 def test_timeout_becomes_unknown_then_the_reconciler_finds_the_charge(worker, producer, collector, stack_env):
+    metrics_url = f"http://127.0.0.1:{worker.web_port}/metrics"
+    resolved_before = value(scrape(metrics_url), "paystream_reconciler_resolutions_total", outcome="applied")
     pid = uid("timeout")
     cmd = producer.send(create_cmd(pid, amount=4_321, token="tok_timeout"))
     producer.flush()
@@ -30,3 +33,7 @@ def test_timeout_becomes_unknown_then_the_reconciler_finds_the_charge(worker, pr
     ledger = httpx.get(f"{stack_env['PAYSTREAM_SIMGW_URL']}/v1/ledger", timeout=10).json()["data"]
     charges = [c for c in ledger if c.get("payment_id") == pid]
     assert len(charges) == 1 and charges[0]["amount_captured"] == 4_321
+    # The dashboard's reconciler panel: the finding that settled it, counted by the gateway's answer.
+    after = scrape(metrics_url)
+    assert value(after, "paystream_reconciler_resolutions_total", outcome="applied") >= resolved_before + 1
+    assert value(after, "paystream_reconciler_resolutions_total", status="captured", outcome="applied") >= 1

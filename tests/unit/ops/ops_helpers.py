@@ -83,8 +83,8 @@ def _exposed(name: str, kind: str) -> list[str]:
 @lru_cache(maxsize=1)
 def known_metrics() -> dict[str, frozenset[str]]:
     """Sample name → label names, for every series paystream's processes can expose:
-    paystream/metrics.py and agents/fraud.py (worker), sinks/postgres.py (sink) and faust's
-    Prometheus monitor (named with the app id, ``paystream``)."""
+    paystream/metrics.py and agents/fraud.py (worker), sinks/postgres.py (sink), sinks/vault.py
+    (vault and audit sinks) and faust's Prometheus monitor (named with the app id, ``paystream``)."""
     from faust.sensors.prometheus import FaustMetrics
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
@@ -92,6 +92,7 @@ def known_metrics() -> dict[str, frozenset[str]]:
     import agents.fraud as fraud_metrics
     import paystream.metrics as worker_metrics
     import sinks.postgres as sink_metrics
+    import sinks.vault as topic_sink_metrics
     from paystream.config import Settings
 
     out: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in _PROMETHEUS_BUILTIN.items()}
@@ -101,7 +102,7 @@ def known_metrics() -> dict[str, frozenset[str]]:
         for sample in _exposed(metric._name, metric._type):
             out[sample] = labels | ({"le"} if sample.endswith("_bucket") else frozenset())
 
-    for module in (worker_metrics, fraud_metrics, sink_metrics):
+    for module in (worker_metrics, fraud_metrics, sink_metrics, topic_sink_metrics):
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
                 add(value)

@@ -48,8 +48,8 @@ def run(*args: str, **env: str) -> Any:
 
 def test_the_command_tree_is_complete() -> None:
     """The commands README.md lists (so a removed one is noticed here, not by a user)."""
-    expected = {("stack", "up"), ("stack", "down"), ("stack", "status"), ("worker",), ("sink",), ("config",),
-                ("customers", "sink"), ("customers", "erase"), ("keys", "reencrypt"), ("audit", "sink"),
+    expected = {("stack", "up"), ("stack", "down"), ("stack", "status"), ("stack", "compose"), ("worker",), ("sink",),
+                ("config",), ("customers", "sink"), ("customers", "erase"), ("keys", "reencrypt"), ("audit", "sink"),
                 ("audit", "verify"),
                 ("db", "migrate"), ("db", "rebuild"), ("schemas", "register"), ("schemas", "check"),
                 ("schemas", "docs"), ("send", "create"), ("send", "capture"), ("send", "cancel"), ("send", "refund"),
@@ -323,3 +323,25 @@ def test_status_of_an_unknown_payment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psycopg, "connect", lambda dsn: Conn())
     out = CliRunner().invoke(cli.main, ["status", "pay_missing"])
     assert out.exit_code == 1 and "no payment pay_missing in Postgres (yet)" in out.output
+
+
+# ------------------------------------------------------------------ tail
+
+
+def test_tail_lines_are_readable() -> None:
+    """`paystream tail`: amounts in major units with their currency, captured and refunded only
+    when there are any; an event without totals (a rejection) still gets its line."""
+    event = {"payment_id": "pay_t1", "sequence": 3, "occurred_at": 1_700_000_000_000, "status": "partially_refunded",
+             "event": ("io.paystream.events.RefundProcessed", {}),
+             # as EventReader decodes it: the union's record name and its fields
+             "totals": ("io.paystream.events.PaymentTotals",
+                        {"currency": "KWD", "amount": 12345, "authorized": 12345, "captured": 12345, "refunded": 5})}
+    line = cli.event_line(event)
+    assert line.startswith("22:13:20 pay_t1 ")
+    assert "#3 " in line and "RefundProcessed" in line and "partially_refunded" in line
+    assert line.endswith("12.345 KWD captured 12.345 KWD refunded 0.005 KWD")
+    created = {**event, "sequence": 1, "status": "created", "event": ("io.paystream.events.PaymentCreated", {}),
+               "totals": {"currency": "JPY", "amount": 500, "authorized": 0, "captured": 0, "refunded": 0}}
+    assert cli.event_line(created).endswith("created          500 JPY")
+    rejected = {**event, "status": None, "totals": None, "event": ("io.paystream.events.CommandRejected", {})}
+    assert cli.event_line(rejected).endswith("CommandRejected        -")

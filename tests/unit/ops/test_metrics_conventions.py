@@ -39,6 +39,7 @@ BOUNDED_LABEL_VALUES = {
     "call.gateway": "configured gateways only (an unconfigured one returns before any metric); KNOWN_GATEWAYS",
     "call.operation.value": "GatewayOperation enum",
     "outcome.status.value": "ReplyStatus enum",
+    "inp.status.value": "ReplyStatus enum (a reconciliation result's status)",
     "gateway": "the breaker's gateways: configured gateways",
     "after.value": "BreakerState enum",
     "stage": "dead-letter stages, literals at the call sites of dead_letter()",

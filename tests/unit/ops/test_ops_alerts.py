@@ -19,6 +19,10 @@ MUST_WATCH = {
     "sink down": 'up{job="paystream-sink"}',
     "dead letters": "paystream_deadletters_total",
     "sink dead letters": "paystream_sink_deadletters_total",
+    "vault/audit sink down": 'up{job=~"paystream-vault-sink|paystream-audit-sink"}',
+    "vault/audit sink lag": "paystream_topic_sink_lag_messages",
+    "vault/audit sink postgres": "paystream_topic_sink_postgres_up",
+    "vault/audit sink errors": "paystream_topic_sink_skipped_total",
 }
 BUSINESS_OUTCOMES = {"authorized", "captured", "refunded", "requires_action", "declined", "canceled"}
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -290,14 +293,80 @@ def test_dockerfile_builds_one_non_root_image_with_the_paystream_entrypoint() ->
         assert needed not in ignored
 
 
-def test_docker_compose_config_validates() -> None:
+# --- `docker compose config`: the Compose CLI itself loads, interpolates and validates the file.
+# There is no Docker engine here and no compose plugin in the image, so the stack builds the
+# Compose v2 CLI from its Go module (paystream/stack.py install_compose; `make test` starts that
+# build in the background first). `config` needs no engine.
+
+
+def _clean_env() -> dict[str, str]:
+    """No PAYSTREAM_*, POSTGRES_* or COMPOSE_* from the caller: the file's defaults apply."""
+    keep = ("PATH", "HOME", "LANG", "TMPDIR")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+@pytest.fixture(scope="module")
+def compose_cli() -> str:
+    from paystream import stack
+
+    return str(stack.install_compose())
+
+
+def _config(compose_cli: str, compose_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [compose_cli, "--project-directory", str(ROOT), "-f", str(compose_file), "config", *args],
+        capture_output=True, text=True, cwd=ROOT, env=_clean_env(), timeout=120,
+    )
+
+
+def test_docker_compose_config_validates(compose_cli: str, services: dict[str, dict[str, Any]]) -> None:
+    proc = _config(compose_cli, COMPOSE, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    # What compose resolved: the same services, every ${VAR:-default} replaced by its default.
+    proc = _config(compose_cli, COMPOSE, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    resolved = json.loads(proc.stdout)
+    assert set(resolved["services"]) == set(services)
+    assert "${" not in proc.stdout, "an interpolation compose left unresolved"
+    assert resolved["services"]["sink"]["image"] == "paystream:dev"
+    dsn = resolved["services"]["sink"]["environment"]["PAYSTREAM_POSTGRES_DSN"]
+    assert dsn == "postgresql://postgres:paystream@postgres:5432/paystream"
+    for name, svc in resolved["services"].items():
+        for dep, spec in (svc.get("depends_on") or {}).items():
+            assert dep in resolved["services"] and spec["condition"], (name, dep)
+
+
+def test_docker_compose_config_as_the_docker_cli_plugin(compose_cli: str) -> None:
+    """The same binary as `docker compose`, where a docker CLI is installed."""
+    from paystream import stack
+
     docker = shutil.which("docker")
     if docker is None:
-        pytest.skip("no docker CLI on this machine")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed")
-    proc = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True, cwd=ROOT
-    )
+        pytest.skip("no docker CLI here: the standalone compose validated the file above")
+    env = {**_clean_env(), "DOCKER_CONFIG": str(stack.docker_config_dir())}
+    proc = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+BREAKAGES = {
+    # (what is changed, old text → new text, a word compose's error must contain)
+    "unknown dependency": ("condition: service_completed_successfully\n", "condition: service_completed_successfully\n"
+                           "    no-such-service:\n      condition: service_started\n", "no-such-service"),
+    "misspelt key": ("    healthcheck:\n", "    healthcheck:\n      intervall: 5s\n", "intervall"),
+    "bad condition": ("condition: service_healthy", "condition: service_ready", "condition value must be one of"),
+    "broken interpolation": ("${PAYSTREAM_IMAGE:-paystream:dev}", "${PAYSTREAM_IMAGE:-paystream:dev", "interpolation"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_docker_compose_config_rejects_a_broken_file(compose_cli: str, tmp_path: Path, breakage: str) -> None:
+    """The check can fail: each change to a copy of the file makes `config` exit non-zero."""
+    old, new, word = BREAKAGES[breakage]
+    text = COMPOSE.read_text()
+    assert old in text, f"{breakage}: the file no longer contains {old!r}; pick another breakage"
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(text.replace(old, new, 1))
+    proc = _config(compose_cli, broken, "--quiet")
+    assert proc.returncode != 0, f"{breakage}: compose accepted the broken file"
+    assert word in proc.stderr, proc.stderr

@@ -21,6 +21,17 @@ MUST_SHOW = [
     "paystream_sink_lag_messages",
     "paystream_sink_batch_seconds_bucket",
     "paystream_sink_postgres_up",
+    # the vault and audit sinks (`customers sink`, `audit sink`): lag, batch latency, errors, readiness
+    "paystream_topic_sink_lag_messages",
+    "paystream_topic_sink_batch_seconds_bucket",
+    "paystream_topic_sink_retries_total",
+    "paystream_topic_sink_skipped_total",
+    "paystream_topic_sink_postgres_up",
+    'up{job=~"paystream-vault-sink|paystream-audit-sink"}',
+    # webhook verification failures, reconciler resolutions, retries
+    "paystream_webhooks_rejected_total",
+    "paystream_reconciler_resolutions_total",
+    "paystream_gateway_retries_total",
 ]
 
 
@@ -69,6 +80,16 @@ def test_the_issue_s_panels_are_there(dashboard: dict[str, Any]) -> None:
     assert not missing, missing
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le, gateway) (rate(paystream_gateway_latency_seconds_bucket" in exprs
+        assert f"histogram_quantile({q}, sum by (le, sink) (rate(paystream_topic_sink_batch_seconds_bucket" in exprs
+
+
+def test_vault_and_audit_sink_panels_split_by_sink(dashboard: dict[str, Any]) -> None:
+    """Two processes export paystream_topic_sink_*: a panel that sums them without `by (sink)`
+    would hide a stuck audit sink behind a busy vault sink."""
+    for p in _panels(dashboard):
+        for t in p.get("targets", []):
+            if "paystream_topic_sink_" in t["expr"]:
+                assert "sink)" in t["expr"] and "{{sink}}" in t["legendFormat"], (p["title"], t["expr"])
 
 
 def test_datasource_is_the_provisioned_one(dashboard: dict[str, Any]) -> None:

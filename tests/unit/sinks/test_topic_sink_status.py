@@ -116,3 +116,84 @@ def test_a_topic_sink_without_postgres_is_not_ready(monkeypatch: pytest.MonkeyPa
         lambda: consumer.turns >= 1)
     ready, reasons = status.readiness()
     assert not ready and reasons == ["postgres: OperationalError"]
+
+
+class Position:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class LaggingConsumer(Consumer):
+    """Partition 0 ends at offset 10; the sink's position is 7 after its batches."""
+
+    def assignment(self) -> list[TP]:
+        return [TP()]
+
+    def get_watermark_offsets(self, tp: TP, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, 10
+
+    def position(self, tps: list[TP]) -> list[Position]:
+        return [Position(7)]
+
+
+class FlakySink(FakeSink):
+    kind = "unit-flaky"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = 1
+
+    def write(self, conn: psycopg.Connection, records: list[Record]) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise psycopg.OperationalError("server closed the connection")
+        return len(records)
+
+
+def test_a_topic_sink_reports_its_lag_and_its_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psycopg, "connect", lambda dsn, connect_timeout: Conn())
+    monkeypatch.setattr("time.sleep", lambda s: None)  # the retry's backoff
+    consumer = LaggingConsumer([[Msg(5), Msg(6)]])
+    sink = FlakySink("unused", "postgresql://x", "ps-vault", "g", consumer=consumer,  # type: ignore[arg-type]
+                     status=SinkStatus())
+    sink.run(lambda: consumer.turns >= 2)
+    assert sink.stored == 2 and consumer.commits == 1
+    assert REGISTRY.get_sample_value("paystream_topic_sink_lag_messages",
+                                     {"sink": "unit-flaky", "partition": "0"}) == 3
+    assert REGISTRY.get_sample_value("paystream_topic_sink_retries_total", {"sink": "unit-flaky"}) == 1
+
+
+class Cursor:
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, params: object = None) -> None:
+        self.executed.append(sql)
+
+
+class VaultConn(Conn):
+    def __init__(self) -> None:
+        self.cur = Cursor()
+
+    def cursor(self) -> Cursor:
+        return self.cur
+
+
+def test_records_the_vault_sink_refuses_are_counted() -> None:
+    from sinks.vault import write_vault_batch
+
+    before = REGISTRY.get_sample_value("paystream_topic_sink_skipped_total", {"sink": "vault"}) or 0
+    unsealed = json.dumps({"kind": "payment_method", "method_id": "pm_1", "customer_id": "c", "gateway": "simulated",
+                           "status": "active", "version": 1, "sealed_token": "pm_plain_token"}).encode()
+    other_kind = json.dumps({"kind": "something_else"}).encode()
+    conn = VaultConn()
+    stored = write_vault_batch(conn, [(b"pm_0", b"{not json"), (b"pm_1", unsealed), (b"x", other_kind)])  # type: ignore[arg-type]
+    assert stored == 0 and conn.cur.executed == []
+    # the unreadable and the unsealed record; a record of another kind is not the vault's, not an error
+    assert REGISTRY.get_sample_value("paystream_topic_sink_skipped_total", {"sink": "vault"}) == before + 2
