@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
+from faust import worker as faust_worker
 from faust.tables import base as faust_tables
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -148,6 +149,20 @@ def _ack_applied_only(self: Any, message: Any) -> bool:
     return _original_ack(self, message)
 
 
+# --- Logging: no terminal spinner under the root logger ----------------------------------------
+#
+# Observed (py-spy on a benchmark worker run with ``--loglevel warn``, 2026-11-26): 20 % of the
+# worker's CPU went into creating, redacting and discarding DEBUG records of aiokafka (a
+# Logger.debug per produce request and response). At WARN and above faust's Worker installs a
+# terminal progress spinner as a handler of the root logger and sets the root logger to DEBUG,
+# so that every record spins it; our JSON handler drops them, but only after each was built.
+# A worker's output is JSON lines for a log collector, not a terminal: no spinner.
+
+
+def _no_spinner_handler(self: Any, logger: logging.Logger, level: int) -> None:
+    self.spinner = None
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
@@ -156,4 +171,5 @@ def apply() -> None:
     faust_tables.Collection.send_changelog = _send_changelog_tracked  # type: ignore[method-assign]
     faust_consumer.Consumer._commit_offsets = _commit_offsets_between_inputs  # type: ignore[method-assign]
     faust_consumer.Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
+    faust_worker.Worker._setup_spinner_handler = _no_spinner_handler  # type: ignore[method-assign]
     _APPLIED = True
