@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
+    producer_linger_ms: int = Field(
+        5, ge=0,
+        description="how long the worker's producers wait to fill a batch: more records per produce request, "
+        "far fewer socket writes; well below the commit interval, so it adds no visible latency under exactly_once",
+    )
     store: str = Field("memory://", description="faust table store URL")
     datadir: str = Field(".stack/worker-data", description="faust data directory")
     web_host: str = "127.0.0.1"
