@@ -563,14 +563,17 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                 if not owned(event):
                     metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
                     continue
+                faust_fixes.begin_input(app)  # left open if this input stops half-way: see faust_fixes
                 try:
                     await guarded(event)
                 except PartitionLost as lost:
+                    faust_fixes.end_input(app)  # its transaction is closed: nothing of it commits
                     metrics.REVOKED_SKIPPED.inc()
                     log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
                                 lost)
                     continue
                 await stream.ack(event)
+                faust_fixes.end_input(app)
 
     executor = GatewayExecutor(
         bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,

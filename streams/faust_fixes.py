@@ -65,6 +65,21 @@ def commit_lock(app: Any) -> asyncio.Lock:
     return lock
 
 
+def begin_input(app: Any) -> None:
+    """The agent starts applying an input (under ``commit_lock``)."""
+    app._paystream_input_open = True
+
+
+def end_input(app: Any) -> None:
+    """The input was applied and acknowledged as a whole, or abandoned with its partition."""
+    app._paystream_input_open = False
+
+
+def input_interrupted(app: Any) -> bool:
+    """Whether an input was left half-applied: begun, and neither finished nor abandoned."""
+    return bool(getattr(app, "_paystream_input_open", False))
+
+
 def pending_changelog_writes(app: Any) -> set[Any]:
     """Table changelog writes not yet handed to the transactional producer."""
     pending: set[Any] | None = getattr(app, "_paystream_pending_changelog", None)
@@ -136,6 +151,18 @@ async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
     from paystream import metrics
 
     async with commit_lock(self.app):
+        if input_interrupted(self.app):
+            # An input stopped half-way (the agent was cancelled by a crash or a stop in the
+            # middle of it): part of its events, table writes or acks are in the open
+            # transactions. Committing them published events whose table state was lost (chaos
+            # rebalance run: a capture applied twice, sequences 1,2,3,2,3). Never commit them:
+            # the partitions' next owner fences these transactions (aborting them) and applies
+            # the input again from the last commit.
+            if self.app.should_stop or getattr(self.app, "crashed", False):
+                log.error("not committing on the way out: an input was interrupted half-way")
+                return False
+            raise RuntimeError("an input was interrupted half-way: refusing to commit; the worker must restart "
+                               "from its last commit")
         with metrics.COMMIT_SECONDS.labels("changelog").time():
             await wait_for_changelog_writes(self.app)
         with metrics.COMMIT_SECONDS.labels("transactions").time():

@@ -160,3 +160,46 @@ def test_the_partitions_transactions_commit_together_and_a_failure_still_surface
 
     with pytest.raises(RuntimeError, match="p1 fenced"):
         asyncio.run(scenario(fail=True))
+
+
+def test_no_commit_after_an_input_stopped_half_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    commits: list[dict[TP, int]] = []
+
+    async def original_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(faust_fixes, "_original_commit_offsets", original_commit)
+
+    async def scenario(stopping: bool) -> bool:
+        app = SimpleNamespace(should_stop=stopping, crashed=False)
+        consumer = FakeConsumer(app, set())
+
+        async def agent_input() -> None:
+            async with faust_fixes.commit_lock(app):
+                faust_fixes.begin_input(app)
+                await asyncio.sleep(10)  # events sent, table writes pending: then the task is cancelled
+                faust_fixes.end_input(app)
+
+        agent = asyncio.ensure_future(agent_input())
+        await asyncio.sleep(0.01)
+        agent.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+        return await faust_fixes._commit_offsets_between_inputs(consumer, {TP("t", 0): 1})
+
+    # On the way out (stop or crash) the half-applied input's transaction is left to be fenced.
+    assert asyncio.run(scenario(stopping=True)) is False
+    # A running worker stops instead of committing it (its supervisor restarts it from the last commit).
+    with pytest.raises(RuntimeError, match="interrupted half-way"):
+        asyncio.run(scenario(stopping=False))
+    assert commits == []
+
+    async def whole_input() -> bool:
+        app = SimpleNamespace(should_stop=False, crashed=False)
+        async with faust_fixes.commit_lock(app):
+            faust_fixes.begin_input(app)
+            faust_fixes.end_input(app)
+        return await faust_fixes._commit_offsets_between_inputs(FakeConsumer(app, set()), {TP("t", 0): 2})
+
+    assert asyncio.run(whole_input()) is True and commits == [{TP("t", 0): 2}]
