@@ -40,6 +40,7 @@ from paystream.metrics import (
     GATEWAY_LATENCY,
     GATEWAY_RETRIES,
 )
+from paystream.transport import KafkaTarget, as_kafka
 
 log = logging.getLogger("paystream.gateway")
 
@@ -319,12 +320,12 @@ class GatewayExecutor:
     it sleeps in its own task and holds one in-flight slot, never the other calls.
     """
 
-    def __init__(self, *, bootstrap: str, group: str, calls_topic: str, replies_topic: str,
+    def __init__(self, *, bootstrap: KafkaTarget, group: str, calls_topic: str, replies_topic: str,
                  gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256,
                  retry: RetryPolicy | None = None, breakers: Breakers | None = None,
                  disabled: frozenset[str] = frozenset(),
                  unseal: Callable[[CallGateway], CallGateway] | None = None) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = as_kafka(bootstrap)
         self.group = group
         self.calls_topic = calls_topic
         self.replies_topic = replies_topic
@@ -354,11 +355,11 @@ class GatewayExecutor:
         from tables import codec
 
         consumer = AIOKafkaConsumer(
-            self.calls_topic, bootstrap_servers=self.bootstrap, group_id=self.group,
+            self.calls_topic, **self.kafka.aiokafka(), group_id=self.group,
             isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,  # a killed worker's calls move on soon
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+        producer = AIOKafkaProducer(**self.kafka.aiokafka(), enable_idempotence=True, acks="all",
                                     linger_ms=1)
         await consumer.start()
         await producer.start()

@@ -22,12 +22,14 @@ import logging
 import time
 from typing import Any
 
+from paystream.transport import KafkaTarget, as_kafka
+
 log = logging.getLogger("paystream.methods")
 
 
 class MethodDirectory:
-    def __init__(self, bootstrap: str, changelog_topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: KafkaTarget, changelog_topic: str) -> None:
+        self.kafka = as_kafka(bootstrap)
         self.topic = changelog_topic
         self.methods: dict[str, dict[str, Any]] = {}
         self._consumer: Any = None
@@ -63,7 +65,7 @@ class MethodDirectory:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+            consumer = AIOKafkaConsumer(**self.kafka.aiokafka(), enable_auto_commit=False,
                                         isolation_level="read_committed", group_id=None)
             try:
                 await consumer.start()

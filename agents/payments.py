@@ -54,6 +54,7 @@ from paystream.core.methods import DetachAtGateway
 from paystream.core.sensitive import find_pan, redact, scan
 from paystream.security import audit as au
 from paystream.security.crypto import KeyRing
+from paystream.transport import KafkaTarget, as_kafka
 from streams import faust_fixes, topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
 from streams.faust_fixes import commit_lock
@@ -117,15 +118,15 @@ class _Replayed:
 class GapReader:
     """Reads a range of offsets of one partition directly (read_committed, no group)."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 15.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: KafkaTarget, timeout_s: float = 15.0) -> None:
+        self.kafka = as_kafka(bootstrap)
         self.timeout_s = timeout_s
 
     async def read(self, topic: str, partition: int, start: int, end: int) -> list[_Message]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         tp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.aiokafka(), enable_auto_commit=False,
                                     isolation_level="read_committed", group_id=None)
         await consumer.start()
         out: list[_Message] = []
@@ -226,7 +227,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     # gateway token sealed (AES-GCM, bound to the method id). Every worker also follows this
     # table's changelog in a ``MethodDirectory``, for payments on other partitions.
     methods_table = app.Table("payment-methods", default=None, key_type=str)
-    directory = MethodDirectory(s.kafka_bootstrap, f"{app.conf.id}-payment-methods-changelog")
+    directory = MethodDirectory(s.kafka_connection(), f"{app.conf.id}-payment-methods-changelog")
     keyring = load_keyring(s)
     vault_topic, audit_topic = topics.vault(s.app_id), topics.audit(s.app_id)
 
@@ -333,9 +334,9 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         """Detach a removed method at its gateway: best effort, after the removal is decided.
 
         Outside the input's transaction on purpose: a slow gateway must not hold the partition,
-        and the key is deterministic, so a retried removal detaches once. The gateway protocol
-        has no detach operation yet; until a client offers ``detach_payment_method`` the
-        detach is recorded as deferred in the audit trail.
+        and the key is deterministic, so a retried removal detaches once. The simulated and
+        Stripe clients offer ``detach_payment_method``; for a gateway client without it (PayPal,
+        Adyen) the detach is recorded as deferred in the audit trail.
         """
         gateway = w.gateways.get(effect.gateway)
         operation = getattr(gateway, "detach_payment_method", None)
@@ -459,7 +460,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         verdicts_topic_name: on_verdict,
     }
 
-    gaps = GapReader(s.kafka_bootstrap)
+    gaps = GapReader(s.kafka_connection())
 
     async def handle(event: Any) -> None:
         try:
@@ -576,7 +577,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                 faust_fixes.end_input(app)
 
     executor = GatewayExecutor(
-        bootstrap=s.kafka_bootstrap, group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
+        bootstrap=s.kafka_connection(), group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
         replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
         max_in_flight=s.gateway_batch_size, **executor_options(s),
         unseal=lambda call: unseal_call(keyring, call),

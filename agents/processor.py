@@ -127,6 +127,7 @@ def vault_record(method: SavedMethod) -> dict[str, Any]:
         "version": method.version,
         "created_at": method.created_at,
         "updated_at": method.updated_at,
+        "removed_at": method.removed_at,
     }
 
 

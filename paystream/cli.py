@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -60,6 +61,8 @@ def config_show(as_json: bool) -> None:
                 netloc = f"{parts.username or ''}:********@{parts.hostname or ''}"
                 netloc += f":{parts.port}" if parts.port else ""
                 return urlunsplit(parts._replace(netloc=netloc))
+        if isinstance(value, str) and "password=" in value:  # a key=value conninfo (TLS settings merged in)
+            return re.sub(r"password=('(?:[^'\\]|\\.)*'|\S+)", "password=********", value)
         return value
 
     values: dict[str, object] = {}
@@ -121,8 +124,8 @@ def _setup() -> None:
     from streams.avro import register_schemas, registry_client
 
     s = get_settings()
-    created = topics.ensure_topics(s.kafka_bootstrap, s.app_id, s.partitions, settings=s.topic_settings())
-    ids = register_schemas(registry_client(s.schema_registry_url))
+    created = topics.ensure_topics(s.kafka_connection(), s.app_id, s.partitions, settings=s.topic_settings())
+    ids = register_schemas(registry_client(s.registry_conf()))
     applied = migrate(s.postgres_dsn)
     click.echo(f"[setup] topics created: {len(created)}; schemas: {ids}; migrations applied: {len(applied)}")
 
@@ -154,8 +157,8 @@ def sink() -> None:
     status = SinkStatus()
     server = start_server(status, s.sink_metrics_host, s.sink_metrics_port)
     try:
-        codec = codecs(registry_client(s.schema_registry_url))[topics.EVENTS]
-        EventSink(s.kafka_bootstrap, s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s,
+        codec = codecs(registry_client(s.registry_conf()))[topics.EVENTS]
+        EventSink(s.kafka_connection(), s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s,
                   replies_topic=topics.gateway_replies(s.app_id), status=status).run(stopping)
     finally:
         server.shutdown()
@@ -200,7 +203,7 @@ def db_rebuild(dsn: str | None, database: str | None, only: str, force: bool, al
     sources = [part.strip() for part in only.split(",") if part.strip()]
     stopping = _stop_on_signals()
     try:
-        report = rebuild(bootstrap=s.kafka_bootstrap, registry_url=s.schema_registry_url, dsn=target,
+        report = rebuild(bootstrap=s.kafka_connection(), registry_url=s.registry_conf(), dsn=target,
                          app_id=s.app_id, sources=sources, force=force, allow_truncated=allow_truncated,
                          batch_size=batch_size, stop=stopping)
     except RebuildError as exc:
@@ -226,14 +229,14 @@ def schemas() -> None:
 def schemas_register() -> None:
     from streams.avro import register_schemas, registry_client
 
-    click.echo(json.dumps(register_schemas(registry_client(get_settings().schema_registry_url)), indent=2))
+    click.echo(json.dumps(register_schemas(registry_client(get_settings().registry_conf())), indent=2))
 
 
 @schemas.command("check", help="Fail when an .avsc is incompatible with what the registry holds.")
 def schemas_check() -> None:
     from streams.avro import check_compatibility, registry_client
 
-    result = check_compatibility(registry_client(get_settings().schema_registry_url))
+    result = check_compatibility(registry_client(get_settings().registry_conf()))
     for subject, ok in result.items():
         click.echo(f"{subject:<28} {'compatible' if ok else 'INCOMPATIBLE'}")
     if not all(result.values()):
@@ -349,8 +352,8 @@ def _blocklist(op: str, customer: str | None, fingerprint: str | None, email: st
     except BlocklistCommandError as exc:
         raise click.UsageError(str(exc)) from exc
     # murmur2 like the workers' producers, so the commands of one entry stay in one partition.
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
-                         "partitioner": "murmur2_random"})
+    producer = Producer(s.kafka_connection().librdkafka({"enable.idempotence": True,
+                                                         "partitioner": "murmur2_random"}))
     producer.produce(topics.fraud_admin(s.app_id), key=msg.key, value=msg.value)
     if producer.flush(30) != 0:
         raise click.ClickException("the admin command could not be written to Kafka")
@@ -447,10 +450,12 @@ def _run_json_sink(kind: str) -> None:
     sink: JsonTopicSink
     if kind == "audit":
         port = s.audit_sink_metrics_port
-        sink = AuditSink(s.kafka_bootstrap, s.postgres_dsn, topics.audit(s.app_id), s.audit_sink_group, status=status)
+        sink = AuditSink(s.kafka_connection(), s.postgres_dsn, topics.audit(s.app_id), s.audit_sink_group,
+                         status=status)
     else:
         port = s.vault_sink_metrics_port
-        sink = VaultSink(s.kafka_bootstrap, s.postgres_dsn, topics.vault(s.app_id), s.vault_sink_group, status=status)
+        sink = VaultSink(s.kafka_connection(), s.postgres_dsn, topics.vault(s.app_id), s.vault_sink_group,
+                         status=status)
     try:
         server = start_server(status, s.sink_metrics_host, port, registry=REGISTRY)
     except OSError as exc:  # a port taken on a developer machine must not stop the sink's work
@@ -475,7 +480,7 @@ def _admin_audit(action: str, resource: str, outcome: str, actor: str, detail: d
     record = au.AuditRecord(audit_id=au.new_audit_id("admin"), occurred_at=time.time_ns() // 1_000_000,
                             actor=f"admin:{actor}", action=action, resource=resource, outcome=outcome,
                             origin=f"cli:{os.uname().nodename}", detail=detail)
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True})
+    producer = Producer(s.kafka_connection().librdkafka({"enable.idempotence": True}))
     producer.produce(topics.audit(s.app_id), key=resource.encode(), value=au.encode_record(record))
     if producer.flush(30) != 0:
         raise click.ClickException("the audit record could not be written to Kafka")

@@ -55,12 +55,12 @@ def create_payment(payment_id: str, *, amount: int, currency: str, token: str | 
 
 class CommandProducer:
     def __init__(self, settings: Settings) -> None:
-        self.codec = codecs(registry_client(settings.schema_registry_url))[topics.REQUESTS]
+        self.codec = codecs(registry_client(settings.registry_conf()))[topics.REQUESTS]
         # murmur2_random is the Java client's (and aiokafka's) key hashing; librdkafka's default
         # (consistent_random, CRC32) would put a payment's commands in another partition than
         # its webhooks and replies.
-        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
-                                  "linger.ms": 5, "partitioner": "murmur2_random"})
+        self.producer = Producer(settings.kafka_connection().librdkafka(
+            {"enable.idempotence": True, "linger.ms": 5, "partitioner": "murmur2_random"}))
 
     def send(self, cmd: dict[str, Any]) -> None:
         self.producer.produce(topics.REQUESTS, key=cmd["payment_id"].encode(), value=self.codec.encode(cmd))
@@ -75,14 +75,13 @@ class EventReader:
     """Reads payment.events with read_committed from the beginning (no group commits)."""
 
     def __init__(self, settings: Settings, group: str | None = None, from_end: bool = False) -> None:
-        self.codec = codecs(registry_client(settings.schema_registry_url))[topics.EVENTS]
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+        self.codec = codecs(registry_client(settings.registry_conf()))[topics.EVENTS]
+        self.consumer = Consumer(settings.kafka_connection().librdkafka({
             "group.id": group or f"paystream-reader-{uuid.uuid4()}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-        })
+        }))
         md = self.consumer.list_topics(topics.EVENTS, timeout=10)
         parts = md.topics[topics.EVENTS].partitions
         tps = []

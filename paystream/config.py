@@ -7,23 +7,72 @@ Secrets are ``SecretStr`` so they never show up in a repr or a log line.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from paystream.transport import (
+    KafkaConnection,
+    KafkaSaslMechanism,
+    KafkaSecurityProtocol,
+    PostgresSslMode,
+    TransportConfigError,
+    postgres_conninfo,
+    registry_conf,
+    web_client_ssl_context,
+    web_server_ssl_context,
+)
 from streams.topics import TopicSettings
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore")
+    # hide_input_in_errors: a validation error must not print the input (passwords, DSNs).
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore", hide_input_in_errors=True)
 
     app_id: str = Field("paystream", description="faust app id: consumer group and prefix of internal topics")
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT", description="how every Kafka client (worker, sinks, CLI) talks to the brokers: PLAINTEXT, SSL "
+        "(TLS), SASL_PLAINTEXT or SASL_SSL (TLS + SASL); production: SASL_SSL or SSL (docs/security.md)",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        None, description="SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); required with SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name; required with SASL_*")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (or kafka_sasl_password_file)")
+    kafka_sasl_password_file: str | None = Field(
+        None, description="file holding the SASL password (trailing newline ignored), e.g. a mounted secret"
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="PEM file of the CA(s) that signed the brokers' certificates (default: the system's)"
+    )
+    kafka_ssl_certfile: str | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    kafka_ssl_keyfile: str | None = Field(None, description="private key (PEM, unencrypted) of kafka_ssl_certfile")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="check that a broker's certificate names the host connected to (keep on in production)"
+    )
     schema_registry_url: str = Field(
         "http://127.0.0.1:18081/apis/ccompat/v7", description="Confluent-compatible schema registry URL"
     )
-    postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:15432/paystream", description="sink database")
+    schema_registry_ssl_cafile: str | None = Field(
+        None, description="PEM file of the CA that signed an https:// registry's certificate (default: the system's)"
+    )
+    schema_registry_ssl_certfile: str | None = Field(None, description="client certificate (PEM) for the registry")
+    schema_registry_ssl_keyfile: str | None = Field(None, description="private key of schema_registry_ssl_certfile")
+    postgres_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:15432/paystream",
+        description="sink database (libpq URL or key=value); the postgres_ssl* settings are merged into it",
+    )
+    postgres_sslmode: PostgresSslMode | None = Field(
+        None, description="libpq sslmode (production: verify-full); may also be given in the DSN"
+    )
+    postgres_sslrootcert: str | None = Field(
+        None, description="PEM file of the CA that signed the server's certificate (for verify-ca/verify-full)"
+    )
+    postgres_sslcert: str | None = Field(None, description="client certificate (PEM) for certificate authentication")
+    postgres_sslkey: str | None = Field(None, description="private key of postgres_sslcert (mode 0600)")
     partitions: int = Field(4, description="partitions of the payment topics (all co-partitioned)")
     topic_replication_factor: int = Field(
         1, ge=1, description="replication factor of the topics paystream creates (3 in production, 1 locally)"
@@ -57,6 +106,15 @@ class Settings(BaseSettings):
     datadir: str = Field(".stack/worker-data", description="faust data directory")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_ssl_certfile: str | None = Field(
+        None, description="certificate chain (PEM) of the worker's web edge: set with web_ssl_keyfile, the edge "
+        "serves HTTPS only (TLS 1.2+)",
+    )
+    web_ssl_keyfile: str | None = Field(None, description="private key (PEM) of web_ssl_certfile")
+    web_ssl_cafile: str | None = Field(
+        None, description="CA (PEM) the edge trusts when it forwards a request to the worker that owns a key "
+        "(besides the system's); the workers' certificates must name their web_host",
+    )
     default_gateway: str = Field("simulated", description="gateway used when a command names none")
     simgw_url: str = Field("http://127.0.0.1:18090", description="simulated gateway base URL")
     simgw_in_process: bool = Field(False, description="use the simulated gateway in-process (benchmarks)")
@@ -136,6 +194,56 @@ class Settings(BaseSettings):
     audit_sink_metrics_port: int = Field(
         6071, description="port of the audit sink's (`paystream audit sink`) /metrics, /health, /ready"
     )
+
+    @model_validator(mode="after")
+    def _transport(self) -> Settings:
+        """Check the transport settings together and merge the Postgres TLS ones into the DSN,
+        so that every connection made from ``postgres_dsn`` uses them."""
+        try:
+            if self.kafka_sasl_password_file and self.kafka_sasl_password is not None:
+                raise TransportConfigError("set kafka_sasl_password or kafka_sasl_password_file, not both")
+            self.kafka_connection()
+            registry_conf(self.schema_registry_url, cafile=self.schema_registry_ssl_cafile,
+                          certfile=self.schema_registry_ssl_certfile, keyfile=self.schema_registry_ssl_keyfile)
+            if bool(self.web_ssl_certfile) != bool(self.web_ssl_keyfile):
+                raise TransportConfigError("web_ssl_certfile and web_ssl_keyfile go together")
+            self.postgres_dsn = postgres_conninfo(self.postgres_dsn, sslmode=self.postgres_sslmode,
+                                                  sslrootcert=self.postgres_sslrootcert,
+                                                  sslcert=self.postgres_sslcert, sslkey=self.postgres_sslkey)
+        except TransportConfigError as exc:
+            raise ValueError(f"transport security settings: {exc}") from None
+        return self
+
+    def kafka_connection(self) -> KafkaConnection:
+        """The brokers and how to reach them: every Kafka client is built from this."""
+        password = self.kafka_sasl_password
+        if self.kafka_sasl_password_file:
+            try:
+                password = SecretStr(Path(self.kafka_sasl_password_file).read_text().rstrip("\r\n"))
+            except OSError as exc:
+                raise TransportConfigError(f"cannot read kafka_sasl_password_file: {type(exc).__name__}") from None
+        return KafkaConnection(
+            bootstrap=self.kafka_bootstrap, security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism, sasl_username=self.kafka_sasl_username, sasl_password=password,
+            ssl_cafile=self.kafka_ssl_cafile, ssl_certfile=self.kafka_ssl_certfile, ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
+
+    def registry_conf(self) -> dict[str, Any]:
+        """SchemaRegistryClient configuration: URL and TLS files (``streams.avro.registry_client``)."""
+        return registry_conf(self.schema_registry_url, cafile=self.schema_registry_ssl_cafile,
+                             certfile=self.schema_registry_ssl_certfile, keyfile=self.schema_registry_ssl_keyfile)
+
+    def web_ssl_context(self) -> Any:
+        """The edge's server TLS context (``ssl.SSLContext``), or None for plain HTTP."""
+        return web_server_ssl_context(self.web_ssl_certfile, self.web_ssl_keyfile)
+
+    def web_client_ssl_context(self) -> Any:
+        return web_client_ssl_context(self.web_ssl_cafile)
+
+    @property
+    def web_scheme(self) -> str:
+        return "https" if self.web_ssl_certfile else "http"
 
     def topic_settings(self) -> TopicSettings:
         return TopicSettings(partitions=self.partitions, replication_factor=self.topic_replication_factor,

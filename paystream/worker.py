@@ -96,11 +96,11 @@ def fraud_changelogs(settings: Settings) -> dict[str, dict[str, str]]:
 
 def prepare(settings: Settings) -> None:
     """Idempotent set-up every worker does before it joins the group."""
-    created = topics.ensure_topics(settings.kafka_bootstrap, settings.app_id, settings.partitions,
+    created = topics.ensure_topics(settings.kafka_connection(), settings.app_id, settings.partitions,
                                    settings=settings.topic_settings(), extra=fraud_changelogs(settings))
     if created:
         log.info("created topics %s", created)
-    register_schemas(registry_client(settings.schema_registry_url))
+    register_schemas(registry_client(settings.registry_conf()))
 
 
 def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
@@ -108,7 +108,7 @@ def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     # /metrics on the worker's web port: faust's stream metrics and paystream's business metrics
     # (one process registry). The prefix is fixed so metric names do not follow the app id.
     setup_prometheus_sensors(app, pattern="/metrics", name_prefix="paystream")
-    wiring = Wiring(settings, codecs(registry_client(settings.schema_registry_url)), build_gateways(settings))
+    wiring = Wiring(settings, codecs(registry_client(settings.registry_conf())), build_gateways(settings))
     if settings.fraud_enabled:
         from agents import fraud as af
 

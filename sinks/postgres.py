@@ -30,6 +30,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
+from paystream.transport import KafkaTarget, as_kafka
 from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
 
@@ -104,7 +105,7 @@ WHERE p.last_sequence < EXCLUDED.last_sequence
 UPSERT_REFUND = """
 INSERT INTO refunds AS r (refund_id, payment_id, amount, currency, status, reason, last_sequence, updated_at)
 VALUES (%(refund_id)s, %(payment_id)s, %(amount)s, %(currency)s, %(status)s, %(reason)s, %(sequence)s, %(at)s)
-ON CONFLICT (refund_id) DO UPDATE SET
+ON CONFLICT (payment_id, refund_id) DO UPDATE SET
     status = EXCLUDED.status, reason = EXCLUDED.reason,
     last_sequence = EXCLUDED.last_sequence, updated_at = EXCLUDED.updated_at
 WHERE r.last_sequence < EXCLUDED.last_sequence
@@ -313,7 +314,7 @@ class EventSink:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         dsn: str,
         codec: AvroCodec,
         group: str = "paystream-sink",
@@ -334,17 +335,17 @@ class EventSink:
         self.codec = codec
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
+        kafka = as_kafka(bootstrap)
         self.consumer = consumer or Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.librdkafka({
                 "group.id": group,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
-            }
+            })
         )
-        self.deadletters = (Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self.deadletters = (Producer(kafka.librdkafka({"enable.idempotence": True}))
                             if dead_letters else None)
         self.conn: psycopg.Connection | None = None
         self.stored = 0  # new payment_events rows

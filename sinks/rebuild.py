@@ -30,7 +30,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from paystream.transport import KafkaTarget, as_kafka
 from streams import topics
 
 log = logging.getLogger("paystream.rebuild")
@@ -293,22 +294,21 @@ class RebuildReport:
         return "\n".join(lines)
 
 
-def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({
-        "bootstrap.servers": bootstrap,
+def _consumer(bootstrap: KafkaTarget) -> Consumer:
+    return Consumer(as_kafka(bootstrap).librdkafka({
         "group.id": f"paystream-rebuild-{uuid.uuid4().hex[:12]}",  # never committed to
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
-    })
+    }))
 
 
 def rebuild(
     *,
-    bootstrap: str,
-    registry_url: str,
+    bootstrap: KafkaTarget,
+    registry_url: str | Mapping[str, Any],
     dsn: str,
     app_id: str,
     sources: Sequence[str] = tuple(SOURCES),

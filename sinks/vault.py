@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 
 from paystream.core.sensitive import scan
 from paystream.security.crypto import CryptoError, is_envelope, key_id_of
+from paystream.transport import KafkaTarget, as_kafka
 
 if TYPE_CHECKING:
     from sinks.postgres import SinkStatus
@@ -67,7 +68,7 @@ class JsonTopicSink:
     name = "sink"
     kind = "topic"  # the ``sink`` label of its metrics: vault | audit
 
-    def __init__(self, bootstrap: str, dsn: str, topic: str, group: str, batch_size: int = 500,
+    def __init__(self, bootstrap: KafkaTarget, dsn: str, topic: str, group: str, batch_size: int = 500,
                  batch_wait_s: float = 0.2, consumer: Consumer | None = None,
                  status: SinkStatus | None = None) -> None:
         self.status = status
@@ -79,10 +80,10 @@ class JsonTopicSink:
         self.topic = topic
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
-        self.consumer = consumer or Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed",
+        self.consumer = consumer or Consumer(as_kafka(bootstrap).librdkafka({
+            "group.id": group, "isolation.level": "read_committed",
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
-        })
+        }))
         self.conn: psycopg.Connection | None = None
         self.stored = 0
 
@@ -213,6 +214,17 @@ ON CONFLICT (method_id) DO UPDATE SET
 DELETE_TOKEN = "DELETE FROM customer_gateway_tokens WHERE method_id = %(method_id)s"
 
 
+def _removed_at(value: dict[str, Any], status: Any) -> datetime | None:
+    """When the method stopped being active: the record says so (a removal's time survives a
+    later erasure, also when compaction left only the erasure record); records written before
+    it did fall back to the record's own time."""
+    if status == "active":
+        return None
+    removed_at = value.get("removed_at")
+    return _ts(removed_at if isinstance(removed_at, int) and not isinstance(removed_at, bool)
+               else value.get("updated_at"))
+
+
 def method_row(value: dict[str, Any]) -> dict[str, Any] | None:
     """The rows' parameters for one vault record, or None when it must not be stored."""
     if value.get("kind") != "payment_method" or not isinstance(value.get("method_id"), str):
@@ -236,7 +248,7 @@ def method_row(value: dict[str, Any]) -> dict[str, Any] | None:
         "exp_month": value.get("exp_month"), "exp_year": value.get("exp_year"),
         "fingerprint": value.get("fingerprint"), "version": value["version"],
         "created_at": _ts(value.get("created_at")), "updated_at": _ts(value.get("updated_at")),
-        "removed_at": _ts(value.get("updated_at")) if status != "active" else None,
+        "removed_at": _removed_at(value, status),
         "token": token if status == "active" else None, "key_id": key_id,
     }
 

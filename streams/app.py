@@ -3,17 +3,34 @@ reconciler timer, and serves /metrics and the HTTP edge on its web port."""
 
 from __future__ import annotations
 
+import functools
+
 import faust
 
 from paystream.config import Settings
 from streams import faust_fixes
 
 
+def _https_client(settings: Settings) -> object:
+    """The edge's HTTP client (forwarding to the worker that owns a key) when it serves HTTPS:
+    it verifies the other workers' certificates against ``web_ssl_cafile`` and the system CAs."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=settings.web_client_ssl_context()))
+
+
 def create_app(settings: Settings) -> faust.App:
     faust_fixes.apply()
+    kafka = settings.kafka_connection()
+    # HTTPS only when a certificate is set: the canonical URL other workers forward to says
+    # https, and the edge's own client verifies the peer (a factory: faust creates the session
+    # inside its loop). None leaves faust's defaults (plain HTTP).
+    https = settings.web_ssl_context()
     return faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=f"kafka://{kafka.bootstrap}",
+        # SASL/TLS of every faust client (consumer, producers, topic admin): None for PLAINTEXT.
+        broker_credentials=kafka.faust_credentials(),
         store=settings.store,
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
@@ -45,4 +62,7 @@ def create_app(settings: Settings) -> faust.App:
         # A killed worker's partitions wait for its session to expire: 10 s, not 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
+        web_ssl_context=https,
+        canonical_url=f"https://{settings.web_host}:{settings.web_port}" if https is not None else None,
+        HttpClient=functools.partial(_https_client, settings) if https is not None else None,
     )

@@ -32,13 +32,14 @@ class RegistryUnavailable(Exception):
 REGISTRY_TIMEOUT_S = 10
 
 
-def registry_client(url: str, timeout_s: float = REGISTRY_TIMEOUT_S) -> SchemaRegistryClient:
+def registry_client(target: str | Mapping[str, Any], timeout_s: float = REGISTRY_TIMEOUT_S) -> SchemaRegistryClient:
     """confluent-kafka's client with a request timeout: its default is none at all, and its
     calls are synchronous, so one stalled registry connection would freeze the worker's event
     loop for good (suspected cause of a restarted worker that went silent mid-burst in a CI
     simulation, not proven). A timeout surfaces as ``RegistryUnavailable`` and the message is
-    retried."""
-    return SchemaRegistryClient({"url": url, "timeout": timeout_s})
+    retried. ``target``: a URL, or ``Settings.registry_conf()`` (URL and TLS files)."""
+    conf = {"url": target} if isinstance(target, str) else dict(target)
+    return SchemaRegistryClient({**conf, "timeout": timeout_s})
 
 
 def register_schemas(client: SchemaRegistryClient) -> dict[str, int]:

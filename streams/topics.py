@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from paystream.transport import KafkaTarget, as_kafka
+
 log = logging.getLogger("paystream.topics")
 
 REQUESTS = "payment.requests"
@@ -156,7 +158,7 @@ def all_topics(app_id: str) -> list[str]:
             fraud_checks(app_id), fraud_verdicts(app_id), fraud_admin(app_id)]
 
 
-def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float = 30.0,
+def ensure_topics(bootstrap: KafkaTarget, app_id: str, partitions: int, timeout: float = 30.0,
                   settings: TopicSettings | None = None,
                   extra: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Create the topics that do not exist yet and re-apply the configs of those that do;
@@ -167,7 +169,7 @@ def ensure_topics(bootstrap: str, app_id: str, partitions: int, timeout: float =
     from confluent_kafka.cimpl import NewTopic
 
     s = settings or TopicSettings(partitions=partitions)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(as_kafka(bootstrap).librdkafka())
     existing = admin.list_topics(timeout=timeout).topics
     configs = {t: topic_config(app_id, t, s) for t in all_topics(app_id)}
     isr = {"min.insync.replicas": str(s.min_insync_replicas)}

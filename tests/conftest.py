@@ -119,6 +119,18 @@ class Worker(Proc):
         return time.monotonic() - t0
 
 
+def worker_env(stack_env: dict[str, str], datadir: Path, web_port: int) -> dict[str, str]:
+    """The environment of a test worker (the session's, or one of several a test starts itself):
+    the stack's addresses, the test API keys, its own data folder and web port."""
+    return {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(datadir), "PAYSTREAM_WEB_PORT": str(web_port),
+            "PAYSTREAM_API_KEYS": API_KEYS_SPEC, "PYTHONUNBUFFERED": "1",
+            "PAYSTREAM_GATEWAY_TIMEOUT_S": "5",
+            # Routing as config/routing.yaml plus one rule for test_gateway_routing.py; a short breaker
+            # cool-down so a circuit that test opens is closed again before the next test.
+            "PAYSTREAM_ROUTING_RULES_FILE": str(ROOT / "tests" / "integration" / "fixtures" / "routing-rules.yaml"),
+            "PAYSTREAM_GATEWAY_BREAKER_COOLDOWN_S": "10"}
+
+
 @pytest.fixture(scope="session")
 def producer(stack_env: dict[str, str]) -> OrderServiceProducer:
     return OrderServiceProducer(stack_env["PAYSTREAM_KAFKA_BOOTSTRAP"], stack_env["PAYSTREAM_SCHEMA_REGISTRY_URL"])
@@ -129,14 +141,7 @@ def worker(stack_env: dict[str, str], producer: OrderServiceProducer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     tmp = tmp_path_factory.mktemp("worker")
     port = free_port()
-    env = {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(tmp / "data"), "PAYSTREAM_WEB_PORT": str(port),
-           "PAYSTREAM_API_KEYS": API_KEYS_SPEC, "PYTHONUNBUFFERED": "1",
-           "PAYSTREAM_GATEWAY_TIMEOUT_S": "5",
-           # Routing as config/routing.yaml plus one rule for test_gateway_routing.py; a short breaker
-           # cool-down so a circuit that test opens is closed again before the next test.
-           "PAYSTREAM_ROUTING_RULES_FILE": str(ROOT / "tests" / "integration" / "fixtures" / "routing-rules.yaml"),
-           "PAYSTREAM_GATEWAY_BREAKER_COOLDOWN_S": "10"}
-    w = Worker(env, tmp / "worker.log", producer, port)
+    w = Worker(worker_env(stack_env, tmp / "data", port), tmp / "worker.log", producer, port)
     w.start()
     w.wait_ready()
     yield w
@@ -151,6 +156,26 @@ def sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def vault_sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """``paystream customers sink``: the vault topic → payment_methods, customer_gateway_tokens."""
+    tmp = tmp_path_factory.mktemp("vault")
+    p = Proc(["customers", "sink"], {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}, tmp / "vault.log")
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def audit_sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """``paystream audit sink``: the audit topic → audit_log (one hash chain)."""
+    tmp = tmp_path_factory.mktemp("audit")
+    p = Proc(["audit", "sink"], {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}, tmp / "audit.log")
+    p.start()
+    yield p
+    p.stop()
 
 
 @pytest.fixture

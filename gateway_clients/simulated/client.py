@@ -125,6 +125,23 @@ class SimulatedGatewayClient(ClosingClient):
             return await self._send("GET", "/v1/lookup", None, None, params={"idempotency_key": idempotency_key})
         raise ValueError("retrieve needs gateway_ref or idempotency_key")
 
+    async def detach_payment_method(self, *, payment_method_token: str, idempotency_key: str) -> None:
+        """Detach a removed saved method at the gateway (``POST /v1/payment_methods/{token}/detach``)."""
+        path = f"/v1/payment_methods/{_token_path(payment_method_token)}/detach"
+        try:
+            response = await self._http.request("POST", path, headers={"Idempotency-Key": idempotency_key})
+        except _NOT_SENT_ERRORS as exc:
+            raise RetryableGatewayError(f"request not sent: {type(exc).__name__}",
+                                        idempotency_key=idempotency_key) from exc
+        except httpx.TransportError as exc:
+            raise OutcomeUnknownError(f"no response: {type(exc).__name__}", idempotency_key=idempotency_key) from exc
+        if response.status_code >= 500:
+            raise RetryableGatewayError("detach failed", http_status=response.status_code,
+                                        idempotency_key=idempotency_key)
+        if response.status_code >= 400:
+            raise PermanentGatewayError("detach refused", http_status=response.status_code,
+                                        idempotency_key=idempotency_key)
+
     def verify_and_parse(self, raw_body: bytes, headers: Mapping[str, str], now: int) -> GatewayNotification:
         return parse_verified_webhook(
             raw_body, headers, now=now, secrets=self._webhook_secrets, tolerance_s=self._webhook_tolerance_s
@@ -245,6 +262,9 @@ class InProcessSimulatedGateway:
         )
         return await self._deliver(response, mutating=True, idempotency_key=idempotency_key)
 
+    async def detach_payment_method(self, *, payment_method_token: str, idempotency_key: str) -> None:
+        self.engine.detach_payment_method(payment_method_token, idempotency_key)
+
     async def retrieve(self, *, gateway_ref: str | None = None, idempotency_key: str | None = None) -> GatewayResult:
         if gateway_ref is not None:
             response = self.engine.get_payment(gateway_ref)
@@ -278,6 +298,13 @@ class InProcessSimulatedGateway:
             replayed=response.replayed,
             idempotency_key=idempotency_key,
         )
+
+
+def _token_path(token: str) -> str:
+    """A token as one URL path segment; the error never repeats the token (it is a secret)."""
+    if not token or any(c in token for c in "/?#%") or ".." in token:
+        raise PermanentGatewayError("invalid payment method token for a URL path")
+    return token
 
 
 def _path(segment: str) -> str:

@@ -249,6 +249,7 @@ class SimulatedGatewayEngine:
         self._refund_counter = 0
         self._event_counter = 0
         self._refused_at_front: dict[str, int] = {}  # tok_flaky_<n>: 503s served per idempotency key
+        self._detached: dict[str, str] = {}  # saved-method token -> idempotency key of its detach
 
     # -- configuration -------------------------------------------------------------------
 
@@ -551,6 +552,17 @@ class SimulatedGatewayEngine:
         return EngineResponse(200, self._payment_json(charge))
 
     # -- lookups ---------------------------------------------------------------------------
+
+    def detach_payment_method(self, token: str, idempotency_key: str) -> bool:
+        """Detach a saved method's token from its customer; idempotent (the first key is kept).
+        Returns whether this call detached it (False: it already was)."""
+        if token in self._detached:
+            return False
+        self._detached[token] = idempotency_key
+        return True
+
+    def is_detached(self, token: str) -> bool:
+        return token in self._detached
 
     def get_payment(self, gateway_ref: str) -> EngineResponse:
         charge = self._charges.get(gateway_ref)

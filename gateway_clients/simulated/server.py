@@ -156,6 +156,8 @@ def create_app(
     app.router.add_post("/v1/payments/{ref}/refunds", _refund)
     app.router.add_post("/v1/payments/{ref}/authenticate", _authenticate)
     app.router.add_get("/v1/payments/{ref}", _get_payment)
+    app.router.add_post("/v1/payment_methods/{token}/detach", _detach_method)
+    app.router.add_get("/v1/payment_methods/{token}", _get_method)
     app.router.add_get("/v1/lookup", _lookup)
     app.router.add_get("/v1/ledger", _ledger)
     app.router.add_get("/health", _health)
@@ -260,6 +262,18 @@ async def _authenticate(request: web.Request) -> web.StreamResponse:
 
 async def _get_payment(request: web.Request) -> web.StreamResponse:
     return await _deliver(request, request.app[STATE_KEY].engine.get_payment(request.match_info["ref"]))
+
+
+async def _detach_method(request: web.Request) -> web.StreamResponse:
+    """Stripe-like ``POST /v1/payment_methods/{token}/detach``: idempotent, 200 either way."""
+    engine = request.app[STATE_KEY].engine
+    newly = engine.detach_payment_method(request.match_info["token"], _idempotency_key(request))
+    return web.json_response({"object": "payment_method", "detached": True, "replayed": not newly})
+
+
+async def _get_method(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"object": "payment_method",
+                              "detached": request.app[STATE_KEY].engine.is_detached(request.match_info["token"])})
 
 
 async def _lookup(request: web.Request) -> web.StreamResponse:

@@ -193,6 +193,21 @@ class StripeGatewayClient(ClosingClient):
             return _result_or_raise(exc, mutating=True, idempotency_key=idempotency_key, started=started)
         return _translate(refund, result_from_refund, mutating=True, key=idempotency_key, started=started)
 
+    async def detach_payment_method(self, *, payment_method_token: str, idempotency_key: str) -> None:
+        """Detach a removed saved method from its Stripe customer (``POST /v1/payment_methods/{id}/detach``)."""
+        check_key(idempotency_key)
+        started = time.perf_counter()
+        try:
+            await self._stripe.v1.payment_methods.detach_async(
+                path_segment(payment_method_token), {}, options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as exc:
+            outcome = classify_error(exc, mutating=True, idempotency_key=idempotency_key,
+                                     latency_ms=(time.perf_counter() - started) * 1000.0)
+            if isinstance(outcome, GatewayError):
+                raise outcome from exc
+            raise PermanentGatewayError("detach refused", http_status=exc.http_status,
+                                        idempotency_key=idempotency_key) from exc
+
     async def retrieve(self, *, gateway_ref: str | None = None, idempotency_key: str | None = None) -> GatewayResult:
         """By PaymentIntent id; or by key: a refund key (with ``gateway_ref``) or an authorize key.
 

@@ -74,6 +74,10 @@ class SavedMethod:
     created_at: int = 0
     updated_at: int = 0
     version: int = 1  # +1 per change; the vault sink only moves rows forward
+    # When it stopped being active (removed, or erased while active); an erasure keeps a removal's
+    # time. On the vault record, so a rebuild from the compacted vault topic (only the latest
+    # record per method) still knows it (docs/operations.md, rebuild limits).
+    removed_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ def _remove(state: SavedMethod | None, command: Command, body: RemovePaymentMeth
         return _reject(state, command, RejectionReason.PAYMENT_METHOD_REMOVED, f"the method is {state.status.value}")
     # The token is of no further use once detached: forget it (data minimization).
     removed = replace(state, status=MethodStatus.REMOVED, sealed_token=None, updated_at=now,
-                      version=state.version + 1)
+                      version=state.version + 1, removed_at=now)
     event = PaymentMethodRemoved(customer_id=state.customer_id)
     return MethodDecision(removed, (event,), _detach(state), causation_id=command.command_id)
 
@@ -173,6 +177,7 @@ def _erase(state: SavedMethod | None, command: Command, body: ErasePaymentMethod
         created_at=state.created_at,
         updated_at=now,
         version=state.version + 1,
+        removed_at=state.removed_at if state.removed_at is not None else now,
     )
     event = PaymentMethodRemoved(customer_id=state.customer_id, erased=True)
     return MethodDecision(erased, (event,), _detach(state), causation_id=command.command_id)

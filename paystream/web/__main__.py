@@ -24,7 +24,7 @@ def main(loglevel: str) -> None:
     settings = get_settings()
     prepare(settings)
     app, parts = build_app(settings)
-    install_web(app, web_context(settings, codecs(registry_client(settings.schema_registry_url)),
+    install_web(app, web_context(settings, codecs(registry_client(settings.registry_conf())),
                                  parts["payments_table"]))
     sys.argv = ["paystream-worker", "worker", "-l", loglevel]
     app.main()

@@ -4,7 +4,9 @@
   ``payment.webhooks`` record and produced keyed by payment_id (Java murmur2 partitioning, the
   same as the agents'); answered only once Kafka has it.
 * ``GET /payments/{id}``: the live state from the ``payments`` table, answered by the worker
-  that owns the key's partition (faust ``table_route`` forwards the request there).
+  that owns the payment's partition: any other worker forwards the request there under the
+  caller's key (``Edge.payment_owner``; 503 with Retry-After while the owner is unreachable or
+  the partition is being recovered, never an answer from a table that is not current).
 * ``GET /payments?order_id=&customer_id=&from=&to=&cursor=`` (history listings, keyset-paginated),
   ``/payments/{id}/history``, ``/customers/{id}/payment-methods``: from the sink's Postgres tables.
 * The command facade: ``POST /payments`` and friends become Avro commands on
@@ -40,6 +42,7 @@ import psycopg
 from aiohttp.web import Request, RequestKey
 from faust.web import Response, View
 from pydantic import BaseModel, ValidationError
+from yarl import URL
 
 from gateway_clients.protocol import GatewayNotification, InvalidWebhookError, PaymentGateway
 from paystream.core.sensitive import find_pan
@@ -70,6 +73,10 @@ _PATH_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _ACTOR_KEY: Final = RequestKey("paystream_actor", str)
 _API_KEY: Final = RequestKey("paystream_api_key", ApiKey)
 _INSTALLED_FLAG: Final = "_paystream_web_installed"
+#: Set on a request one worker forwards to the owner of a payment: the owner answers it or 503s,
+#: it never forwards it again (two workers with different views during a rebalance would loop).
+_FORWARDED_BY: Final = "X-Paystream-Forwarded-By"
+_OWNER_TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Response]])
 M = TypeVar("M", bound=BaseModel)
@@ -111,6 +118,18 @@ class Edge:
             log.warning("no API keys configured (PAYSTREAM_API_KEYS): every authenticated call answers 401")
         self.pool = PgPool(ctx.postgres_dsn, ctx.web_settings.pg_pool_size)
         self.queries = Queries(self.pool)
+        # Whether the payments table holds the current state of every partition this worker owns:
+        # false from a rebalance's start (partitions revoked) until the table's recovery after it
+        # has completed (faust's own flags leave a gap between the two).
+        self.table_current = False
+        app.on_partitions_revoked.connect(self._table_not_current)  # type: ignore[arg-type]  # mode's stub wants a positional-only sender
+        ctx.payments_table.on_recover(self._table_recovered)
+
+    def _table_not_current(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.table_current = False
+
+    async def _table_recovered(self) -> None:
+        self.table_current = True
 
     # --- audit and auth -----------------------------------------------------------------
 
@@ -182,36 +201,90 @@ class Edge:
     async def send_command(self, payment_id: str, record: Mapping[str, Any]) -> None:
         await self.produce(topics.REQUESTS, payment_id, self.encode(topics.REQUESTS, record))
 
+    # --- the live payments table, partitioned across the workers --------------------------
+
+    def waiting_for(self) -> list[str]:
+        """Why this worker's table cannot answer now (empty: it can); what /ready reports."""
+        reasons = []
+        if self.app.rebalancing:
+            reasons.append("rebalancing")
+        if not self.table_current or self.app.tables.recovery.in_recovery:  # type: ignore[attr-defined]
+            reasons.append("table_recovery")
+        try:
+            self.app.consumer.assignment()
+        except Exception:
+            reasons.append("consumer_not_started")
+        return reasons
+
+    def payment_owner(self, payment_id: str) -> URL | None:
+        """The URL of the worker owning ``payment_id``'s partition of the payments table, or
+        ``None`` when it is this worker (503 ``partition_unavailable`` while nobody is known).
+
+        The partition is the one the payment's commands go to, and so its table entries: the
+        murmur2 hash of the raw id. faust's router (``key_store``, ``app.table_route``) hashes the
+        table's serialized key instead, which is JSON (the id in quotes): with two workers it sent
+        about half the requests to a worker that does not hold the payment.
+        """
+        table = self.ctx.payments_table
+        changelog = table.changelog_topic.get_topic_name()
+        try:
+            partition = self.app.producer.key_partition(changelog, payment_id.encode()).partition
+            owners = self.app.router.table_metadata(table.name)
+        except (KeyError, TypeError) as exc:  # no metadata yet
+            log.warning("no owner known for a payment: %s", type(exc).__name__)
+            raise HttpError(503, "partition_unavailable", headers={"Retry-After": "5"}) from None
+        for url, tps in owners.items():
+            if partition in tps.get(changelog, ()):
+                return None if _node(URL(url)) == _node(self.app.conf.canonical_url) else URL(url)
+        raise HttpError(503, "partition_unavailable", headers={"Retry-After": "5"})
+
+    def local_payment(self, payment_id: str) -> dict[str, Any] | None:
+        """The view of a payment this worker owns (``None``: no such payment); 503
+        ``table_recovering`` while the table is not current (it could say 404 or an old state)."""
+        reasons = self.waiting_for()
+        if reasons:
+            raise HttpError(503, "table_recovering", waiting_for=reasons, headers={"Retry-After": "2"})
+        return mapping.payment_view(payment_id, self.ctx.payments_table.get(payment_id))
+
+    async def ask_owner(self, request: Request, owner: URL, payment_id: str) -> tuple[int, bytes, str, dict[str, str]]:
+        """``GET /payments/{id}`` of the owner under the caller's own key (the owner checks it
+        again): its status, body, content type and Retry-After; 503 ``owner_unavailable`` when
+        it cannot be asked."""
+        if request.headers.get(_FORWARDED_BY):  # a forwarder's view and ours differ: a rebalance is on
+            raise HttpError(503, "partition_moving", headers={"Retry-After": "2"})
+        host, port = _node(owner)
+        url = URL.build(scheme=owner.scheme or "http", host=host, port=port, path=f"/payments/{payment_id}")
+        headers = {"Authorization": request.headers.get("Authorization", ""),
+                   _FORWARDED_BY: str(self.app.conf.canonical_url)}
+        try:
+            async with self.app.http_client.get(url, headers=headers, timeout=_OWNER_TIMEOUT) as resp:
+                retry = {"Retry-After": resp.headers["Retry-After"]} if "Retry-After" in resp.headers else {}
+                return resp.status, await resp.read(), resp.content_type, retry
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("the owner of a payment at %s did not answer: %s", owner, type(exc).__name__)
+            raise HttpError(503, "owner_unavailable", headers={"Retry-After": "5"}) from None
+
     # --- customer-bound keys ------------------------------------------------------------
 
     async def live_customer(self, request: Request, payment_id: str) -> str | None:
-        """The customer of a payment in the live ``payments`` table (``None``: no such payment).
-
-        Read here when this worker owns the payment's partition, else asked of the owner with
-        ``GET /payments/{id}`` under the caller's own key, which answers 404 for a payment the
-        key may not see.
-        """
-        table = self.ctx.payments_table
-        try:
-            dest = self.app.router.key_store(table.name, payment_id)
-        except KeyError:
-            raise HttpError(503, "partition_unavailable", headers={"Retry-After": "5"}) from None
-        if _node(dest) == _node(self.app.conf.canonical_url):
-            view = mapping.payment_view(payment_id, table.get(payment_id))
+        """The customer of a payment in the live ``payments`` table (``None``: no such payment),
+        read here or asked of the owner under the caller's own key (404 for a payment the key
+        may not see)."""
+        owner = self.payment_owner(payment_id)
+        if owner is None:
+            view = self.local_payment(payment_id)
             return None if view is None else view.get("customer_id")
-        url = request.url.with_host(dest.host or "").with_port(dest.port).with_path(
-            f"/payments/{payment_id}").with_query(None)
-        try:
-            async with self.app.http_client.get(
-                    url, headers={"Authorization": request.headers.get("Authorization", "")}) as resp:
-                if resp.status == 404:
-                    return None
-                if resp.status == 200:
-                    customer = (await resp.json()).get("customer_id")
-                    return customer if isinstance(customer, str) else None
-                log.warning("ownership check of a payment at %s answered %d", dest, resp.status)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            log.warning("ownership check of a payment at %s failed: %s", dest, type(exc).__name__)
+        status, body, _, _ = await self.ask_owner(request, owner, payment_id)
+        if status == 404:
+            return None
+        if status == 200:
+            try:
+                customer = json.loads(body).get("customer_id")
+            except (ValueError, AttributeError):
+                customer = None
+            if isinstance(customer, str):
+                return customer
+        log.warning("ownership check of a payment at %s answered %d", owner, status)
         raise HttpError(503, "owner_unavailable", headers={"Retry-After": "5"})
 
     async def require_own_payment(self, request: Request, payment_id: str) -> None:
@@ -402,7 +475,6 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
         blueprints = app.web.blueprints
         blueprints._enabled = [(prefix, bp) for prefix, bp in blueprints._enabled if "apps.tables" not in str(bp)]
     edge = Edge(app, ctx)
-    table = ctx.payments_table
 
     @app.page("/health")
     class Health(View):
@@ -412,17 +484,11 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            reasons = []
-            if app.rebalancing:
-                reasons.append("rebalancing")
-            recovery = app.tables.recovery  # type: ignore[attr-defined]
-            if not recovery.completed.is_set() or recovery.in_recovery:
-                reasons.append("table_recovery")
+            reasons = edge.waiting_for()
             try:
                 assigned = len(app.consumer.assignment())
             except Exception:
                 assigned = 0
-                reasons.append("consumer_not_started")
             body = {"ready": not reasons, "assigned_partitions": assigned, "waiting_for": reasons}
             return self.json(body, status=200 if not reasons else 503)
 
@@ -491,10 +557,13 @@ def install_web(app: faust.App, ctx: WebContext) -> None:
     @app.page("/payments/{payment_id}")
     class Payment(View):
         @edge.endpoint("payment.read", scope=Scope.READ)
-        @app.table_route(table=table, match_info="payment_id")  # type: ignore[arg-type]
         async def get(self, request: Request, payment_id: str) -> Response:
             path_id("payment_id", payment_id)
-            view = mapping.payment_view(payment_id, table.get(payment_id))
+            owner = edge.payment_owner(payment_id)
+            if owner is not None:  # the owner answers (and audits) it
+                status, body, content_type, headers = await edge.ask_owner(request, owner, payment_id)
+                return self.bytes(body, content_type=content_type, status=status, headers=headers)
+            view = edge.local_payment(payment_id)
             resource = f"payment:{payment_id}"
             if view is None:
                 raise HttpError(404, "payment_not_found", resource=resource)

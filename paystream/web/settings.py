@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class WebSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", extra="ignore", hide_input_in_errors=True)
 
     api_keys: SecretStr = Field(
         default=SecretStr(""),

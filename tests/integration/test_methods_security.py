@@ -1,6 +1,6 @@
 """Saved payment methods, encryption at rest, the card-data guard, the audit chain and customer
-erasure, on the real stack: the session worker, the event sink, and this module's vault and
-audit sinks (`paystream customers sink`, `paystream audit sink`) as subprocesses."""
+erasure, on the real stack: the session worker, the event sink, and the session's vault and
+audit sinks (`paystream customers sink`, `paystream audit sink`; tests/conftest.py) as subprocesses."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
@@ -55,24 +54,6 @@ def fresh_pan() -> str:
     body = "4" + "".join(random.choices(string.digits, k=14))
     check = next(d for d in string.digits if luhn_valid(body + d))
     return body + check
-
-
-@pytest.fixture(scope="module")
-def vault_sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    tmp = tmp_path_factory.mktemp("vault")
-    p = Proc(["customers", "sink"], {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}, tmp / "vault.log")
-    p.start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def audit_sink(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    tmp = tmp_path_factory.mktemp("audit")
-    p = Proc(["audit", "sink"], {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}, tmp / "audit.log")
-    p.start()
-    yield p
-    p.stop()
 
 
 def add_method(method_id: str, customer: str, token: str) -> dict[str, Any]:
@@ -210,6 +191,12 @@ def test_saved_method_lifecycle_keeps_the_token_off_events_and_encrypted_in_post
     wait_pg(pg_dsn, "SELECT m.status, (SELECT count(*) FROM customer_gateway_tokens t WHERE t.method_id = m.method_id) "
                     "FROM payment_methods m WHERE method_id = %s", (method_id,),
             lambda rows: rows == [("removed", 0)])
+    # ... and detached at its gateway too (the worker opens the sealed token just for the call).
+    detached_url = f"{stack_env['PAYSTREAM_SIMGW_URL']}/v1/payment_methods/{token}"
+    deadline = time.monotonic() + 60
+    while not httpx.get(detached_url, timeout=5).json()["detached"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert httpx.get(detached_url, timeout=5).json() == {"object": "payment_method", "detached": True}
 
     # Data minimization: the token is on no event (raw bytes of every event, headers included),
     # and no event carries anything that looks like a card number: key, headers and every field

@@ -1,6 +1,7 @@
 """write_batch on a fresh, migrated database: a replayed batch changes nothing, a payments row
-only moves forward, reconcile rows keep the newest answer, and a sink connection that pinged
-first still commits its batches (the ping must not leave a transaction open)."""
+only moves forward, reconcile rows keep the newest answer, refunds of two payments that use the
+same refund id are two rows (F14), and a sink connection that pinged first still commits its
+batches (the ping must not leave a transaction open)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,25 @@ def test_reply_keeps_the_first_answer_and_reconcile_the_newest(db: str) -> None:
     got = rows(db, "SELECT kind, status, kafka_offset FROM payment_transactions WHERE payment_id = 'p2' "
                    "ORDER BY kind")
     assert got == [("reconcile", "captured", 4), ("reply", "unknown", 1)]
+
+
+def refund_event(pid: str, seq: int, refund_id: str, amount: int, etype: str) -> StoredEvent:
+    ev = event(pid, seq, "partially_refunded", 1000, etype=etype)
+    body = {"refund_id": refund_id, "amount": amount, "currency": "USD", "reason": None}
+    return StoredEvent({**ev.value, "event": (f"io.paystream.events.{etype}", body)}, 0, seq)
+
+
+def test_refunds_of_two_payments_with_the_same_refund_id_are_two_rows(db: str) -> None:
+    """The refund id is the merchant's, unique within its payment: a second payment's refund "r"
+    is its own row, and neither moves the other's (keyed by refund_id alone, the second one
+    was lost and its status written over the first's: F14)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        write_batch(conn, [refund_event("p4", 5, "r", 300, "RefundProcessed"),
+                           refund_event("p5", 7, "r", 400, "RefundFailed")])
+        write_batch(conn, [refund_event("p4", 5, "r", 300, "RefundProcessed")])  # replayed
+    assert rows(db, "SELECT payment_id, refund_id, amount, status, last_sequence FROM refunds "
+                    "WHERE payment_id IN ('p4', 'p5') ORDER BY payment_id") == [
+        ("p4", "r", 300, "succeeded", 5), ("p5", "r", 400, "failed", 7)]
 
 
 def test_a_sink_that_pinged_first_still_commits(db: str, stack_env: dict[str, str]) -> None:

@@ -172,3 +172,28 @@ def test_rejected_credentials_are_permanent() -> None:
 
     asyncio.run(main())
     assert len(transport.requests) == 1
+
+
+def test_detach_payment_method_is_a_valid_stripe_call() -> None:
+    """Removing a saved method detaches it at Stripe: POST /v1/payment_methods/{id}/detach under
+    our deterministic key (stripe-mock validates the call against Stripe's OpenAPI spec)."""
+    key = "ps-pm_it_1-detach"
+
+    async def scenario(client: StripeGatewayClient, transport: RecordingTransport) -> None:
+        await client.detach_payment_method(payment_method_token="pm_card_visa", idempotency_key=key)
+
+    transport = _run(scenario)
+    assert [(r.method, r.url.path, r.headers.get("Idempotency-Key")) for r in transport.requests] == [
+        ("POST", "/v1/payment_methods/pm_card_visa/detach", key)]
+    assert [r.status_code for r in transport.responses] == [200]
+
+
+def test_detach_with_rejected_credentials_is_permanent() -> None:
+    async def main() -> None:
+        async with StripeGatewayClient("not_a_key", api_base=API_BASE, timeout_s=10.0) as client:
+            with pytest.raises(PermanentGatewayError) as info:
+                await client.detach_payment_method(payment_method_token="pm_card_visa",
+                                                   idempotency_key="ps-pm_it_2-detach")
+            assert info.value.http_status == 401
+
+    asyncio.run(main())

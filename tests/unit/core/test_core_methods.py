@@ -136,6 +136,13 @@ def test_erasing_a_removed_method_needs_no_second_detach() -> None:
     decision = decide_method(removed, _cmd(ErasePaymentMethod("cus_1"), "cmd_2"), None, NOW)
     assert decision.state is not None and decision.state.status is MethodStatus.ERASED
     assert decision.effects == () and decision.state.version == 3
+    # The removal's time stays: it is on the vault record, which compaction may leave alone.
+    assert removed is not None and removed.removed_at == NOW and decision.state.removed_at == NOW
+
+
+def test_erasing_an_active_method_sets_when_it_stopped_being_active() -> None:
+    state = decide_method(_active(), _cmd(ErasePaymentMethod("cus_1")), None, NOW + 9).state
+    assert state is not None and state.removed_at == NOW + 9
 
 
 def test_method_events_are_terminal_for_their_commands() -> None:

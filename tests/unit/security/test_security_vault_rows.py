@@ -31,6 +31,18 @@ def test_removed_and_erased_methods_carry_no_token() -> None:
         assert row is not None and row["token"] is None and row["removed_at"] is not None
 
 
+def test_removed_at_comes_from_the_record_so_an_erasure_alone_keeps_the_removal_time() -> None:
+    """After compaction the vault topic may hold only the erasure record of a method removed
+    earlier: the row's removed_at is still the removal's time (the running sink kept it from
+    the removal record), so a rebuild equals the original."""
+    removal, erasure = 4_000_000_000_000, 4_100_000_000_000
+    row = method_row(_record(status="erased", sealed_token=None, version=3, updated_at=erasure, removed_at=removal))
+    assert row is not None and row["removed_at"] is not None
+    assert row["removed_at"].timestamp() * 1000 == removal
+    old = method_row(_record(status="removed", sealed_token=None, version=2, updated_at=erasure))  # before removed_at
+    assert old is not None and old["removed_at"] is not None and old["removed_at"].timestamp() * 1000 == erasure
+
+
 def test_unsealed_tokens_and_card_data_are_refused() -> None:
     assert method_row(_record(sealed_token="pm_plaintext")) is None
     assert method_row(_record(fingerprint="4242 4242 4242 4242")) is None
