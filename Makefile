@@ -27,7 +27,8 @@ stack-status: install
 demo: stack-up
 	@$(BIN)/paystream demo
 
-# Throughput, latency, recovery and the sink against a raw Kafka baseline (docs/performance.md).
+# Throughput, latency, recovery and the sink against a raw Kafka loop and a textbook faust agent
+# (docs/performance.md).
 # rocksdict (faust's persistent store, in the bench extra) lets recovery be measured with RocksDB too.
 bench: stack-up
 	@$(BIN)/python -m bench $(BENCH_ARGS)

@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import faust
@@ -49,7 +50,7 @@ from paystream.config import Settings
 from paystream.core import fraud as fr
 from paystream.security import audit as au
 from streams import topics
-from streams.faust_fixes import commit_lock
+from streams.input_guard import GapReader, InputGuard, PartitionLost, send_in_input_transaction
 from tables import codec
 
 log = logging.getLogger("paystream.fraud")
@@ -77,6 +78,8 @@ EXTERNAL_CALLS = Counter("paystream_fraud_external_scorer_total", "External scor
 BLOCKLIST_COMMANDS = Counter("paystream_fraud_blocklist_commands_total", "Blocklist admin commands",
                              ["op", "kind", "outcome"])
 CHECK_ERRORS = Counter("paystream_fraud_check_errors_total", "Fraud checks that failed", ["stage"])
+DUPLICATE_HOPS = Counter("paystream_fraud_duplicate_hops_total",
+                         "Fraud check hops of a payment already counted for that key, dropped", ["dimension"])
 
 
 def record_metrics(verdict: fr.FraudVerdict) -> None:
@@ -159,13 +162,30 @@ class WindowStore(Protocol):
         """Note the customer's card (when known); returns the distinct fingerprints in the window."""
         ...
 
+    def first_count(self, key: str, payment_id: str, ts_ms: int) -> bool:
+        """Mark ``payment_id`` as counted for ``key``; False when it already was (a replayed hop)."""
+        ...
+
 
 def _amount_key(key: str, currency: str) -> str:
     return f"{key}|{currency}"
 
 
+def _counted_key(key: str, payment_id: str) -> str:
+    return f"{key}|{payment_id}"
+
+
+def counted_window(windows: tuple[fr.Window, ...]) -> tuple[int, int]:
+    """(size_s, expires_s) of the ``fraud-counted`` tumbling table: a replayed hop carries the
+    same ``observed_at``, so it falls in the same window as its first count; the marks are kept
+    as long as the longest window they guard."""
+    size = max((w.size_s for w in windows), default=3600)
+    expires = max((w.size_s + w.step_s for w in windows), default=size)
+    return size, max(size, expires)
+
+
 class FaustWindowStore:
-    """Hopping windowed tables, relative to the Kafka timestamp of the hop (``observed_at``).
+    """Hopping windowed tables, relative to the check's ``observed_at``.
 
     Per window: ``fraud-count-<w>`` (key ``dimension:value``, int), ``fraud-amount-<w>`` (key
     ``dimension:value|CUR``, int minor units) and, for windows a distinct-cards rule reads,
@@ -174,33 +194,68 @@ class FaustWindowStore:
     ``delta(size - step)`` reads the earliest of them, which covers the last size_s to within
     one step (``paystream.core.fraud.Window``). Windows expire ``size + step`` after the
     partition's newest timestamp.
+
+    ``fraud-counted`` (tumbling, key ``dimension:value|payment_id``) marks each payment counted
+    for a key, so a hop applied twice (a duplicate check message) never counts twice.
+
+    The windows' time is the ``ts_ms`` each call is given (the check's ``observed_at``), not
+    the Kafka timestamp of faust's current event: a check read back by the input guard's gap
+    healer is applied while faust's current event is a later message.
     """
 
     def __init__(self, app: faust.App, windows: tuple[fr.Window, ...], card_windows: tuple[fr.Window, ...],
                  partitions: int | None = None) -> None:
+        self._now_s = 0.0
+
+        def now(event: Any = None) -> float:
+            return self._now_s
+
         def table(prefix: str, window: fr.Window, default: Callable[[], Any]) -> Any:
-            return (
+            # relative_to(callable) is on faust's WindowWrapper, not on its declared interface
+            hopping: Any = (
                 app.Table(f"fraud-{prefix}-{window.name}", default=default, key_type=str, partitions=partitions)
                 .hopping(window.size_s, window.step_s, expires=float(window.size_s + window.step_s))
-                .relative_to_stream()
             )
+            return hopping.relative_to(now)
 
         self.counts = {w.name: table("count", w, int) for w in windows}
         self.amounts = {w.name: table("amount", w, int) for w in windows}
         self.cards = {w.name: table("cards", w, dict) for w in card_windows}
+        size, expires = counted_window(windows)
+        tumbling: Any = app.Table("fraud-counted", default=int, key_type=str, partitions=partitions).tumbling(
+            size, expires=float(expires))
+        self.counted = tumbling.relative_to(now)
+
+    def _at(self, ts_ms: int) -> Any:
+        """Set the windows' time to ``ts_ms``: writes (``+=``, ``|=``, ``=``) read it through
+        ``relative_to``; faust's reads (``WindowSet.delta``/``current``) take the timestamp of an
+        event's message instead, so the returned stand-in event carries it for them."""
+        self._now_s = ts_ms / 1000
+        return SimpleNamespace(message=SimpleNamespace(timestamp=self._now_s))
 
     def add_payment(self, window: fr.Window, key: str, currency: str, amount: int, ts_ms: int) -> tuple[int, int]:
+        at = self._at(ts_ms)
         counts, amounts = self.counts[window.name], self.amounts[window.name]
         akey = _amount_key(key, currency)
         counts[key] += 1
         amounts[akey] += amount
-        return int(counts[key].delta(window.read_delta_s)), int(amounts[akey].delta(window.read_delta_s))
+        return (int(counts[key].delta(window.read_delta_s, event=at)),
+                int(amounts[akey].delta(window.read_delta_s, event=at)))
 
     def add_card(self, window: fr.Window, customer_key: str, fingerprint: str | None, ts_ms: int) -> int:
+        at = self._at(ts_ms)
         cards = self.cards[window.name]
         if fingerprint is not None:
             cards[customer_key] |= {fingerprint: 1}
-        return len(cards[customer_key].delta(window.read_delta_s))
+        return len(cards[customer_key].delta(window.read_delta_s, event=at))
+
+    def first_count(self, key: str, payment_id: str, ts_ms: int) -> bool:
+        at = self._at(ts_ms)
+        ckey = _counted_key(key, payment_id)
+        if self.counted[ckey].current(event=at):
+            return False
+        self.counted[ckey] = 1
+        return True
 
 
 class InMemoryWindowStore:
@@ -211,6 +266,7 @@ class InMemoryWindowStore:
         self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
         self.amounts: dict[tuple[str, str, int], int] = defaultdict(int)
         self.cards: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+        self.counted: set[str] = set()
 
     def add_payment(self, window: fr.Window, key: str, currency: str, amount: int, ts_ms: int) -> tuple[int, int]:
         akey = _amount_key(key, currency)
@@ -225,6 +281,13 @@ class InMemoryWindowStore:
             for start in window.starts(ts_ms):
                 self.cards[(window.name, customer_key, start)].add(fingerprint)
         return len(self.cards[(window.name, customer_key, window.lookback_start(ts_ms))])
+
+    def first_count(self, key: str, payment_id: str, ts_ms: int) -> bool:
+        ckey = _counted_key(key, payment_id)
+        if ckey in self.counted:
+            return False
+        self.counted.add(ckey)
+        return True
 
 
 # --- One hop -------------------------------------------------------------------------------
@@ -266,12 +329,18 @@ def plan_windows(*rulesets: fr.RuleSet | None) -> WindowPlan:
     return WindowPlan(velocity={d: tuple(ws.values()) for d, ws in velocity.items()}, cards=tuple(cards.values()))
 
 
-def count_stage(request: fr.FraudCheckRequest, plan: WindowPlan, store: WindowStore) -> fr.FraudCheckRequest:
-    """Count the payment for the dimension this hop is keyed by; add its aggregates to the features."""
+def count_stage(request: fr.FraudCheckRequest, plan: WindowPlan,
+                store: WindowStore) -> fr.FraudCheckRequest | None:
+    """Count the payment for the dimension this hop is keyed by; add its aggregates to the features.
+
+    None when this hop of the payment was counted before: its forward or verdict went out in
+    the same transaction as that count, so a repeated hop is dropped, never counted twice."""
     dimension, rest = request.stages[0], request.stages[1:]
     f = request.features
     key = fr.hop_key(request)
     ts = request.observed_at
+    if not store.first_count(key, request.payment_id, ts):
+        return None
     velocity = tuple(
         fr.VelocityFeature(dimension, w.name, *store.add_payment(w, key, f.currency, f.amount, ts))
         for w in plan.velocity[dimension]
@@ -295,9 +364,13 @@ class FraudEngine:
         self.scorer = scorer
         self.plan = plan_windows(active, candidate)
 
-    async def process(self, request: fr.FraudCheckRequest) -> fr.FraudCheckRequest | fr.FraudVerdict:
+    async def process(self, request: fr.FraudCheckRequest) -> fr.FraudCheckRequest | fr.FraudVerdict | None:
+        """The forward, the verdict, or None for a hop already applied (a duplicate)."""
         if request.stages:
-            request = count_stage(request, self.plan, self.store)
+            counted = count_stage(request, self.plan, self.store)
+            if counted is None:
+                return None
+            request = counted
             if request.stages:
                 return request
         return await self.decide(request)
@@ -408,15 +481,11 @@ Send = Callable[[Any, str, OutMessage], Awaitable[None]]
 
 
 def transactional_send(app: faust.App) -> Send:
-    """Like the payments agent's ``send``: in the input partition's transaction (see README)."""
+    """Like the payments agent's ``send``: in the input partition's transaction
+    (``streams.input_guard.send_in_input_transaction``; ``PartitionLost`` after a rebalance)."""
 
     async def send(event: Any, topic: str, msg: OutMessage) -> None:
-        tid = None
-        if event is not None and app.in_transaction:
-            m = event.message
-            tid = f"{app.conf.id}-{app.assignor.group_for_topic(m.topic)}-{m.partition}"
-        await app.producer.send(topic, msg.key, msg.value, msg.partition, msg.timestamp_s, None,
-                                transactional_id=tid)
+        await send_in_input_transaction(app, event, topic, msg.key, msg.value, msg.partition, msg.timestamp_s)
 
     return send
 
@@ -439,17 +508,19 @@ class FraudWiring:
     store: FaustWindowStore
     blocklist: Any
     topics: tuple[str, str, str]  # checks, verdicts, admin
+    guard: InputGuard
 
 
 def install_fraud(app: faust.App, settings: Settings, send_verdict: SendVerdict, *,
                   active: fr.RuleSet | None = None, candidate: fr.RuleSet | None = None,
                   scorer: Scorer | None = None, send: Send | None = None,
-                  partitions: int | None = None) -> FraudWiring:
+                  partitions: int | None = None, gaps: GapReader | None = None) -> FraudWiring:
     """Declare the fraud tables and agents on ``app``.
 
     ``active`` defaults to ``config/fraud-rules.yaml``; ``candidate`` (shadow mode) to none.
     ``scorer`` is used when the active rule set has an ``external_scorer`` (default: an httpx
     client). ``send`` carries forwards, dead letters and audit records (default: transactional).
+    ``gaps`` reads back inputs the consumer skipped (default: from ``settings.kafka_connection()``).
     """
     active = active if active is not None else load_ruleset_file(RULES_FILE)
     if scorer is None and active.external is not None:
@@ -460,6 +531,8 @@ def install_fraud(app: faust.App, settings: Settings, send_verdict: SendVerdict,
     blocklist = app.GlobalTable("fraud-blocklist", default=None, key_type=str, partitions=partitions)
     engine = FraudEngine(active, candidate, store, blocklist, scorer)
     names = (checks_topic(settings.app_id), verdicts_topic(settings.app_id), admin_topic(settings.app_id))
+    # The last applied offset per fraud-checks / fraud-admin partition, for the input guard.
+    applied_offsets = app.Table("fraud-applied-offsets", default=None, key_type=str, partitions=partitions)
 
     async def dead_letter(event: Any, reason: str, error: str) -> None:
         m = event.message
@@ -473,8 +546,10 @@ def install_fraud(app: faust.App, settings: Settings, send_verdict: SendVerdict,
             CHECK_ERRORS.labels("decode").inc()
             await dead_letter(event, "undecodable fraud check", f"{type(exc).__name__}: {exc}")
             return
-        if abs(event.message.timestamp * 1000 - request.observed_at) > 5000:
-            # The windows follow the Kafka timestamp: the hop was produced without observed_at.
+        ts = getattr(event.message, "timestamp", None)
+        if ts is not None and abs(ts * 1000 - request.observed_at) > 5000:
+            # The windows follow observed_at; a Kafka timestamp far from it means a producer that
+            # does not follow the contract (tooling reading the topic would be misled).
             CHECK_ERRORS.labels("timestamp").inc()
             log.warning("fraud check of %s: Kafka timestamp is not observed_at", request.payment_id)
         try:
@@ -483,6 +558,10 @@ def install_fraud(app: faust.App, settings: Settings, send_verdict: SendVerdict,
             CHECK_ERRORS.labels("process").inc()
             log.exception("fraud check of %s failed: sending review", request.payment_id)
             result = engine.error_verdict(request)
+        if result is None:
+            DUPLICATE_HOPS.labels(request.stages[0].value).inc()
+            log.info("fraud check hop %s of %s was counted before: dropped", fr.hop_key(request), request.payment_id)
+            return
         if isinstance(result, fr.FraudCheckRequest):
             await out(event, names[0], request_message(result))
             return
@@ -507,22 +586,39 @@ def install_fraud(app: faust.App, settings: Settings, send_verdict: SendVerdict,
         await out(event, audit_topic(settings.app_id),
                   OutMessage(record.resource.encode(), au.encode_record(record), event.message.partition, None))
 
-    # Each hop is applied and acknowledged as a whole between two commits, like the payments
-    # agent's inputs (streams/faust_fixes.py): a transaction never holds a hop's table writes
-    # without its forward or verdict, nor commits the output without the input offset.
+    def guarded(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        async def handle(event: Any) -> None:
+            try:
+                await handler(event)
+            except PartitionLost:
+                raise
+            except Exception as exc:  # never let one message stop the worker
+                CHECK_ERRORS.labels("process").inc()
+                log.exception("fraud input %s failed", event.message.topic)
+                await dead_letter(event, "internal error", f"{type(exc).__name__}: {exc}")
+
+        return handle
+
+    handlers = {names[0]: guarded(on_check), names[2]: guarded(on_admin)}
+
+    async def handle(event: Any) -> None:
+        await handlers[event.message.topic](event)
+
+    # The same input guard as the payments agent's (streams/input_guard.py): each hop and admin
+    # command applied and acknowledged as a whole between two commits (a transaction never holds
+    # a hop's table writes without its forward or verdict), redeliveries skipped by offset,
+    # skipped inputs read back, and an input faust drops after a rebalance not acknowledged but
+    # fetched again (F11: it would be a lost count and a payment held until the verdict timeout).
+    guard = InputGuard(app, applied_offsets, (names[0], names[2]), handle,
+                       gaps if gaps is not None else GapReader(settings.kafka_connection())).install()
+
     @app.agent(app.topic(names[0], key_serializer="raw", value_serializer="raw"), name="fraud")
     async def fraud_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            async with commit_lock(app):
-                await on_check(event)
-                await stream.ack(event)
+        await guard.consume(stream)
 
     @app.agent(app.topic(names[2], key_serializer="raw", value_serializer="raw"), name="fraud-admin")
     async def fraud_admin(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            async with commit_lock(app):
-                await on_admin(event)
-                await stream.ack(event)
+        await guard.consume(stream)
 
     return FraudWiring(agent=fraud_agent, admin_agent=fraud_admin, engine=engine, store=store,
-                       blocklist=blocklist, topics=names)
+                       blocklist=blocklist, topics=names, guard=guard)

@@ -22,12 +22,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import faust
-from aiokafka.errors import IllegalOperation
-from faust.exceptions import ProducerSendError
-from faust.types import TP
 
 from agents import fraud as af
 from agents.gateway import GatewayExecutor, executor_options, reply_input
@@ -54,10 +51,9 @@ from paystream.core.methods import DetachAtGateway
 from paystream.core.sensitive import find_pan, redact, scan
 from paystream.security import audit as au
 from paystream.security.crypto import KeyRing
-from paystream.transport import KafkaTarget, as_kafka
-from streams import faust_fixes, topics
+from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
-from streams.faust_fixes import commit_lock
+from streams.input_guard import GapReader, InputGuard, PartitionLost, send_in_input_transaction
 from tables import codec
 
 log = logging.getLogger("paystream.agents")
@@ -82,70 +78,6 @@ def cloudevent_headers(ev: evs.PaymentEvent) -> list[tuple[str, bytes]]:
         ("ce_subject", ev.payment_id.encode()),
         ("content-type", b"application/avro"),
     ]
-
-
-def applied_offset_is_stale(last_applied: int, partition_end: int | None) -> bool:
-    """Whether the applied-offsets table remembers an offset the partition does not hold.
-
-    An applied offset is the offset of a message that was read, so it is always below the
-    partition's end (its last stable offset). One at or past the end means the topic was
-    deleted and recreated while this app's changelogs were kept: every new message would be
-    taken for a redelivery and skipped. An unknown end (None, or not positive) is never stale.
-    """
-    return partition_end is not None and partition_end > 0 and last_applied >= partition_end
-
-
-class PartitionLost(Exception):
-    """The input's partition was revoked while it was being applied."""
-
-
-@dataclass(frozen=True)
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(frozen=True)
-class _Replayed:
-    """A message read back by ``GapReader``, shaped like a faust event for the handlers."""
-
-    message: _Message
-
-
-class GapReader:
-    """Reads a range of offsets of one partition directly (read_committed, no group)."""
-
-    def __init__(self, bootstrap: KafkaTarget, timeout_s: float = 15.0) -> None:
-        self.kafka = as_kafka(bootstrap)
-        self.timeout_s = timeout_s
-
-    async def read(self, topic: str, partition: int, start: int, end: int) -> list[_Message]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        tp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(**self.kafka.aiokafka(), enable_auto_commit=False,
-                                    isolation_level="read_committed", group_id=None)
-        await consumer.start()
-        out: list[_Message] = []
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            deadline = time.monotonic() + self.timeout_s
-            while await consumer.position(tp) < end:
-                if time.monotonic() > deadline:
-                    metrics.GAPS_UNREADABLE.labels(topic).inc()
-                    log.error("could not read back %s:%d offsets %d..%d", topic, partition, start, end - 1)
-                    break
-                batch = await consumer.getmany(tp, timeout_ms=200)
-                for rec in batch.get(tp, []):
-                    if start <= rec.offset < end:
-                        out.append(_Message(topic, partition, rec.offset, rec.key, rec.value))
-        finally:
-            await consumer.stop()
-        return out
 
 
 @dataclass
@@ -254,18 +186,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         letters, table writes and the input offset commit (or abort) together. Keeping the
         partition number keeps every message of a payment in one partition across topics.
         """
-        tid = None
-        if event is not None and app.in_transaction:
-            msg = event.message
-            tid = f"{app.conf.id}-{app.assignor.group_for_topic(msg.topic)}-{msg.partition}"
-        try:
-            await app.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=tid)
-        except (IllegalOperation, ProducerSendError) as exc:
-            if tid is None:
-                raise
-            # The partition's transaction was closed by a rebalance: the partition is another
-            # worker's now, which applies this input again from the committed offset.
-            raise PartitionLost(tid) from exc
+        await send_in_input_transaction(app, event, topic, key, value, partition, timestamp, headers)
 
     async def dead_letter(event: Event, stage: str, reason: str, error: str) -> None:
         msg = event.message
@@ -460,8 +381,6 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         verdicts_topic_name: on_verdict,
     }
 
-    gaps = GapReader(s.kafka_connection())
-
     async def handle(event: Any) -> None:
         try:
             await handlers[event.message.topic](event)
@@ -471,110 +390,16 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             log.exception("processing %s failed", event.message.topic)
             await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
 
-    async def guarded(event: Event) -> None:
-        """Apply each input offset exactly once, in order, whatever the consumer delivers.
-
-        faust-streaming was seen skipping the first message of a partition when a worker
-        starts under load (across the recovery → ready switch) and can redeliver messages
-        around rebalances. The last applied offset per partition lives in a changelog-backed
-        table, committed atomically with the outputs, so a redelivered offset is skipped and a
-        jump is healed by reading the missing offsets directly before going on. A gap of only
-        transaction markers reads back empty.
-        """
-        m = event.message
-        key = f"{m.topic}:{m.partition}"
-        last = applied_offsets.get(key)
-        if last is not None and m.offset <= last:
-            end = partition_end(TP(m.topic, m.partition))
-            if not applied_offset_is_stale(last, end):
-                metrics.REDELIVERED.labels(m.topic).inc()
-                return
-            metrics.STALE_APPLIED_OFFSETS.labels(m.topic).inc()
-            log.error("applied offset %d of %s lies beyond the partition's end (%s): the topic was recreated "
-                      "without this app's changelogs; applying from offset %d on", last, key, end, m.offset)
-            last = None
-        if last is not None and m.offset > last + 1:
-            missing = await gaps.read(m.topic, m.partition, last + 1, m.offset)
-            if missing:
-                metrics.GAPS_HEALED.labels(m.topic).inc(len(missing))
-                log.warning("consumer skipped %d message(s) of %s before offset %d: applying them now",
-                            len(missing), key, m.offset)
-            for msg in missing:
-                await handle(_Replayed(msg))
-        await handle(event)
-        applied_offsets[key] = m.offset
-
-    def partition_end(tp: TP) -> int | None:
-        try:
-            return cast(int | None, app.consumer.highwater(tp))
-        except Exception:  # unknown yet: never treat an offset as stale on a guess
-            return None
-
-    refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
-    refetching: set[asyncio.Future[None]] = set()
-
-    def applied(tp: TP, offset: int) -> bool:
-        last = applied_offsets.get(f"{tp.topic}:{tp.partition}")
-        return last is not None and offset <= last
-
-    def on_refused(message: Any) -> None:
-        metrics.ACK_REFUSED.labels(message.topic).inc()
-        tp = message.tp
-        first = tp not in refused
-        refused.setdefault(tp, []).append(message)
-        if first:
-            task = asyncio.ensure_future(settle_refused(tp))
-            refetching.add(task)
-            task.add_done_callback(refetching.discard)
-
-    async def settle_refused(tp: TP) -> None:
-        """Between two inputs: acknowledge the dropped inputs applied meanwhile (the gap healer
-        reads them back when a later one arrives), and seek back to the first one that is not,
-        so it is fetched again. faust commits nothing on the partition until then."""
-        await asyncio.sleep(0.05)  # gather the other drops of this burst first
-        async with commit_lock(app):
-            messages = refused.pop(tp, [])
-            if tp not in app.consumer.assignment():
-                return  # revoked: its new owner starts from the committed offset
-            pending = [m for m in messages if not applied(tp, m.offset)]
-            for m in messages:
-                if applied(tp, m.offset):
-                    app.consumer.ack(m)
-            if not pending:
-                return
-            first = min(m.offset for m in pending)
-            log.warning("input %s:%d was dropped by the stream before it was applied: fetching it again",
-                        tp.topic, first)
-            try:
-                await app.consumer.seek_wait({tp: first})  # in the consumer's own thread
-            except Exception:  # revoked meanwhile: its new owner starts from the committed offset
-                log.exception("could not seek %s back to %d", tp, first)
-
-    faust_fixes.install_ack_guard(app, set(inputs.topics), applied, on_refused)
-
-    def owned(event: Event) -> bool:
-        m = event.message
-        return not app.in_transaction or TP(m.topic, m.partition) in app.consumer.assignment()
+    # Each input offset applied exactly once, in order, whatever the consumer delivers: the
+    # last applied offset per partition lives in `applied_offsets`, committed with the outputs;
+    # redeliveries are skipped, gaps healed, an input faust drops is not acknowledged but
+    # fetched again (F11), and inputs are applied between two commits (F10). See
+    # streams/input_guard.py; the fraud agents use the same guard.
+    guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection())).install()
 
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            # An input is applied and acked as a whole between two commits (streams/faust_fixes.py).
-            async with commit_lock(app):
-                if not owned(event):
-                    metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
-                    continue
-                faust_fixes.begin_input(app)  # left open if this input stops half-way: see faust_fixes
-                try:
-                    await guarded(event)
-                except PartitionLost as lost:
-                    faust_fixes.end_input(app)  # its transaction is closed: nothing of it commits
-                    metrics.REVOKED_SKIPPED.inc()
-                    log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
-                                lost)
-                    continue
-                await stream.ack(event)
-                faust_fixes.end_input(app)
+        await guard.consume(stream)
 
     executor = GatewayExecutor(
         bootstrap=s.kafka_connection(), group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,

@@ -17,14 +17,14 @@ from rich.console import Console
 
 from bench.env import ROOT
 
-SCENARIOS = ("baseline", "eos", "alo", "http")
+SCENARIOS = ("baseline", "eos", "alo", "textbook", "http")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few thousand payments, under ~2 minutes (smoke run)")
-    p.add_argument("--payments", type=int, help="payments per in-process burst (and baseline messages)")
+    p.add_argument("--payments", type=int, help="payments per in-process burst (raw loop and textbook agent too)")
     p.add_argument("--http-payments", type=int, help="payments per HTTP-gateway burst")
     p.add_argument("--latency-seconds", type=float, help="length of each open-loop latency run")
     p.add_argument("--recovery-k", type=int, help="payments in the table for the recovery runs (e.g. 1000000)")

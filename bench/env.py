@@ -217,6 +217,17 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path, loglevel: str = 
     return spawn(name, ["-m", "paystream.cli", "worker", "--loglevel", loglevel], env, log_dir)
 
 
+def start_textbook(name: str, env: dict[str, str], log_dir: Path, loglevel: str = "info") -> Proc:
+    """The textbook faust agent (bench/textbook.py), the benchmark's second baseline.
+
+    At ``info``, as faust's own examples run a worker: at ``warn`` or above (and without
+    ``--quiet``) faust's terminal spinner puts the root logger at DEBUG, so every aiokafka
+    debug line becomes a log record (a third of the agent's CPU in a py-spy profile)."""
+    if env.get("PAYSTREAM_DATADIR"):
+        Path(env["PAYSTREAM_DATADIR"]).parent.mkdir(parents=True, exist_ok=True)
+    return spawn(name, ["-m", "bench.textbook", "worker", "--loglevel", loglevel], env, log_dir)
+
+
 def wait_ready(port: int, proc: Proc, timeout: float) -> float | None:
     """Poll the worker's ``/ready`` (200 once partitions are assigned and table recovery is
     complete); wall-clock time it first answered 200, None if it never did."""

@@ -150,6 +150,7 @@ class TerminalWatcher:
             tps.append(TopicPartition(topics.EVENTS, p, 0 if from_beginning else max(high, 0)))
         self.consumer.assign(tps)
         self.terminal_at: dict[str, float] = {}
+        self.terminal_type: dict[str, str] = {}  # payment id -> its first terminal event's type
         self.terminal_by_phase: dict[str, int] = defaultdict(int)
         self.events_by_phase: dict[str, int] = defaultdict(int)
         self.events = 0
@@ -172,6 +173,7 @@ class TerminalWatcher:
                     ce_type = dict(msg.headers() or []).get("ce_type")
                     if ce_type in TERMINAL_CE_TYPES and pid not in self.terminal_at:
                         self.terminal_at[pid] = now
+                        self.terminal_type[pid] = ce_type.decode().rsplit(".", 1)[-1]
                         self.terminal_by_phase[phase] += 1
         finally:
             self.consumer.close()

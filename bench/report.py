@@ -42,11 +42,32 @@ def baseline_rate(data: Mapping[str, Any], guarantee: str) -> float | None:
     return None
 
 
+def textbook_rate(data: Mapping[str, Any]) -> float | None:
+    """Payments/s of the textbook faust agent (bench/textbook.py), if it ran and answered."""
+    for row in data.get("textbook", []):
+        if row.get("per_s"):
+            return float(row["per_s"])
+    return None
+
+
 def add_ratios(data: dict[str, Any]) -> dict[str, Any]:
     """Each throughput row gets ``vs_baseline``: its payments/s ÷ the raw loop's messages/s
-    under the same processing guarantee (in place; returns ``data``)."""
+    under the same processing guarantee, and each in-process one ``vs_textbook``: its
+    payments/s ÷ the textbook faust agent's over the same burst (the HTTP-gateway rows measure
+    gateway latency, not the pipeline: None). The textbook row gets its own ``vs_baseline``;
+    ``data["vs_textbook"]`` holds the exactly_once and at_least_once ratios (in place; returns
+    ``data``)."""
+    textbook = textbook_rate(data)
+    for row in data.get("textbook", []):
+        row["vs_baseline"] = ratio(row.get("per_s"), baseline_rate(data, row.get("guarantee", "")))
     for row in data.get("throughput", []):
         row["vs_baseline"] = ratio(row.get("per_s"), baseline_rate(data, row.get("guarantee", "")))
+        row["vs_textbook"] = ratio(row.get("per_s"), textbook) if row.get("gateway") == "in-process" else None
+    data["vs_textbook"] = {
+        g: next((r["vs_textbook"] for r in data.get("throughput", [])
+                 if r.get("gateway") == "in-process" and r.get("guarantee") == g), None)
+        for g in ("exactly_once", "at_least_once")
+    }
     eos = next((r for r in data.get("throughput", []) if r.get("gateway") == "in-process"
                 and r.get("guarantee") == "exactly_once"), None)
     alo = next((r for r in data.get("throughput", []) if r.get("gateway") == "in-process"
@@ -74,7 +95,11 @@ def throughput_rows(data: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for b in data.get("baseline", []):
         rows.append([f"raw Kafka loop, {b['guarantee']}", b["guarantee"], "–", fmt_num(b["messages"]),
-                     fmt_num(b["per_s"]), "–", "–", "1×", "–"])
+                     fmt_num(b["per_s"]), "–", "–", "1×", "–", "–"])
+    for t in data.get("textbook", []):
+        rows.append([f"{t['name']}, {t.get('guarantee', '')}", t.get("guarantee", ""), t.get("gateway", ""),
+                     fmt_num(t.get("answered")), fmt_num(t.get("per_s")), fmt_num(t.get("steady_per_s")), "–",
+                     fmt_ratio(t.get("vs_baseline")), "1×" if t.get("per_s") else "–", "–"])
     for r in data.get("throughput", []):
         gw = r.get("gateway", "")
         if r.get("gateway_latency_ms"):
@@ -82,12 +107,14 @@ def throughput_rows(data: Mapping[str, Any]) -> list[list[str]]:
         bound = r.get("x_serialised_bound")
         rows.append([r["name"], r.get("guarantee", ""), gw, fmt_num(r.get("answered")), fmt_num(r.get("per_s")),
                      fmt_num(r.get("steady_per_s")), fmt_num(r.get("pg_per_s")), fmt_ratio(r.get("vs_baseline")),
-                     fmt_ratio(bound) if bound is not None else "–"])
+                     fmt_ratio(r.get("vs_textbook")), fmt_ratio(bound) if bound is not None else "–"])
     return rows
 
 
 THROUGHPUT_HEADER = ["run", "guarantee", "gateway", "payments", "/s to event", "/s steady", "/s to row",
-                     "÷ baseline", "× serial bound"]
+                     "÷ baseline", "÷ textbook", "× serial bound"]
+
+TEXTBOOK_TARGET = 2.0  # issue #10: at least twice the textbook faust agent
 
 LATENCY_HEADER = ["run", "rate /s", *[f"event {p}" for p in PCT_LABELS], *[f"row {p}" for p in PCT_LABELS],
                   "unanswered"]
@@ -118,6 +145,11 @@ def other_rows(data: Mapping[str, Any]) -> list[list[str]]:
                      f"{fmt_num(s['per_s'])} rows/s ({fmt_num(s['per_s_from_start'])}/s with start-up)"])
     if data.get("eos_vs_alo") is not None:
         rows.append(["exactly_once ÷ at_least_once (throughput)", fmt_ratio(data["eos_vs_alo"])])
+    for guarantee, value in (data.get("vs_textbook") or {}).items():
+        if value is not None:
+            verdict = "met" if value >= TEXTBOOK_TARGET else "not met"
+            rows.append([f"paystream {guarantee} ÷ textbook faust agent (throughput)",
+                         f"{fmt_ratio(value)} (target ≥ {TEXTBOOK_TARGET:g}×: {verdict})"])
     return rows
 
 
@@ -227,7 +259,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def write_charts(prefix: Path, data: Mapping[str, Any]) -> list[Path]:
-    """``<prefix>-throughput.png`` (bars, log scale, baseline included) and
+    """``<prefix>-throughput.png`` (bars, log scale, both baselines included) and
     ``<prefix>-latency.png`` (percentiles per open-loop run)."""
     import matplotlib
 
@@ -240,6 +272,10 @@ def write_charts(prefix: Path, data: Mapping[str, Any]) -> list[Path]:
         names.append(f"raw loop\n{b['guarantee']}")
         values.append(b["per_s"])
         colors.append("#999999")
+    for t in data.get("textbook", []):
+        names.append("textbook\nfaust agent")
+        values.append(t.get("per_s") or 0)
+        colors.append("#2ca02c")
     for r in data.get("throughput", []):
         names.append(r["name"].replace("paystream ", "").replace(" gateway", "\ngateway"))
         values.append(r.get("per_s") or 0)
@@ -250,7 +286,7 @@ def write_charts(prefix: Path, data: Mapping[str, Any]) -> list[Path]:
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("messages or payments per second (log)")
-        ax.set_title("paystream throughput vs a raw Kafka loop (same run, same broker)")
+        ax.set_title("paystream vs a raw Kafka loop and a textbook faust agent", fontsize=10)
         for bar, v in zip(bars, values, strict=True):
             ax.annotate(fmt_num(v), (bar.get_x() + bar.get_width() / 2, max(v, 1)), ha="center", va="bottom",
                         fontsize=8)

@@ -9,7 +9,10 @@ Order of a run (every figure comes from the same run, on the same broker):
    maximum, then the sink alone, then recovery of a worker with K payments in its table.
 3. ``alo``       — the same worker with at_least_once: burst throughput and latency at the
    eos session's 50 % rate (same load).
-4. ``http``      — the worker against a simulated gateway over HTTP at 50 ms then 200 ms mean
+4. ``textbook``  — the same payment pipeline as a textbook faust agent (bench/textbook.py: one
+   message at a time, an awaited gateway call and an awaited send per event, at_least_once),
+   over the same burst as eos: the second baseline, paystream ÷ textbook.
+5. ``http``      — the worker against a simulated gateway over HTTP at 50 ms then 200 ms mean
    latency: burst throughput against the serialised bound ``partitions × 1000 / latency``.
 """
 
@@ -22,6 +25,7 @@ import shutil
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,7 +71,7 @@ class Profile:
     latency_fractions: tuple[float, ...]
     recovery_k: int  # payments in the table when the worker restarts with empty local state
     gateway_latencies_ms: tuple[float, ...] = (50.0, 200.0)
-    scenarios: tuple[str, ...] = ("baseline", "eos", "alo", "http")
+    scenarios: tuple[str, ...] = ("baseline", "eos", "alo", "textbook", "http")
     persistent_recovery: bool = True  # also restart with faust's rocksdb store (when rocksdict is installed)
 
 
@@ -82,6 +86,7 @@ class Results:
     meta: dict[str, Any]
     throughput: list[dict[str, Any]] = field(default_factory=list)
     baseline: list[dict[str, Any]] = field(default_factory=list)
+    textbook: list[dict[str, Any]] = field(default_factory=list)
     latency: list[dict[str, Any]] = field(default_factory=list)
     recovery: list[dict[str, Any]] = field(default_factory=list)
     sink: list[dict[str, Any]] = field(default_factory=list)
@@ -90,8 +95,8 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("meta", "throughput", "baseline", "latency", "recovery", "sink",
-                                              "startup", "errors", "notes")}
+        return {k: getattr(self, k) for k in ("meta", "throughput", "baseline", "textbook", "latency", "recovery",
+                                              "sink", "startup", "errors", "notes")}
 
 
 class Bench:
@@ -169,12 +174,13 @@ class Bench:
             return None
         return watcher.terminal_at[key.decode()] - worker.started
 
-    def _ready_worker(self, name: str, env: dict[str, str], watcher: TerminalWatcher, phase: str
+    def _ready_worker(self, name: str, env: dict[str, str], watcher: TerminalWatcher, phase: str,
+                      start: Callable[[str, dict[str, str], Path], benv.Proc] = benv.start_worker
                       ) -> tuple[benv.Proc, float]:
         """Start a worker and wait for its first payment; a worker that stays silent is
         restarted once (a first start right after the broker came up was seen to hang)."""
         for attempt in (1, 2):
-            worker = benv.start_worker(name if attempt == 1 else f"{name}-retry", env, self.log_dir)
+            worker = start(name if attempt == 1 else f"{name}-retry", env, self.log_dir)
             startup = self._probe(watcher, phase, worker, timeout=90 if attempt == 1 else 180)
             if startup is not None:
                 self.results.startup.append({"name": f"worker start, empty state ({name})",
@@ -189,11 +195,18 @@ class Bench:
     def _burst_messages(self, phase: str, n: int) -> list[tuple[bytes, bytes]]:
         return [self.sender.encode(self.factory.create(phase, i)) for i in range(n)]
 
+    def _shared_burst(self) -> list[tuple[bytes, bytes]]:
+        """The one burst the raw loop, the exactly_once session and the textbook agent all get
+        (same payments, same bytes), made by whichever of them runs first."""
+        if not self.burst_messages:
+            self.burst_messages = self._burst_messages("tpeos", self.p.payments)
+        return self.burst_messages
+
     def _throughput(self, label: str, phase: str, n: int, watcher: TerminalWatcher, worker: benv.Proc,
-                    pg_before: int, extra: dict[str, Any], messages: list[tuple[bytes, bytes]] | None = None
-                    ) -> dict[str, Any]:
+                    pg_before: int, extra: dict[str, Any], messages: list[tuple[bytes, bytes]] | None = None,
+                    postgres: bool = True) -> dict[str, Any]:
         """A burst of ``n`` encoded commands into a ready worker; payments/s to terminal events
-        and to Postgres rows."""
+        and (``postgres``: a sink runs beside the worker) to Postgres rows."""
         msgs = messages or self._burst_messages(phase, n)
         task, tick = self._task(f"{label}: terminal events", n)
         t0 = time.time()
@@ -206,12 +219,19 @@ class Bench:
         row: dict[str, Any] = {
             "name": label, "payments": n, "answered": len(seen), "produce_s": round(produce_s, 3),
             "seconds": round(t_last - t0, 3), "per_s": round(rate(len(seen), t_last - t0), 1),
-            "answered_at_s": answered_at(seen, t0), "steady_per_s": steady_rate(seen), **extra,
+            "answered_at_s": answered_at(seen, t0), "steady_per_s": steady_rate(seen),
+            "outcomes": dict(sorted(Counter(watcher.terminal_type[p] for p in pids
+                                            if p in watcher.terminal_type).items())), **extra,
         }
         if not ok:
             row["error"] = f"only {len(seen)} of {n} answered"
             if not worker.alive():
                 row["error"] += f"; worker exited:\n{worker.tail()}"
+        if not postgres:
+            self.say(f"{label}: {row['answered']}/{n} payments in {row['seconds']}s = {row['per_s']}/s "
+                     f"(steady {row['steady_per_s']}/s; burst produced in {produce_s:.2f}s; "
+                     f"answered by: {row['answered_at_s']})")
+            return row
         with pg_connect(self.s) as conn:
             task, tick = self._task(f"{label}: Postgres rows", n)
             reached, _ = wait_pg(conn, pg_terminal_count, pg_before + len(seen), timeout=max(120.0, n / 20),
@@ -261,9 +281,7 @@ class Bench:
         with self.scenario("baseline: raw confluent-kafka loop"):
             benv.delete_topics(self.s, [BASELINE_IN, BASELINE_OUT])
             benv.create_topics(self.s, [BASELINE_IN, BASELINE_OUT], self.s.partitions)
-            if not self.burst_messages:
-                self.burst_messages = self._burst_messages("tpeos", self.p.payments)
-            self.sender.burst(self.burst_messages, topic=BASELINE_IN)
+            self.sender.burst(self._shared_burst(), topic=BASELINE_IN)
             for guarantee in ("at_least_once", "exactly_once"):
                 task, tick = self._task(f"baseline {guarantee}", len(self.burst_messages))
                 res = run_baseline(self.s, len(self.burst_messages), guarantee, self.s.commit_interval_s, tick=tick)
@@ -287,7 +305,7 @@ class Bench:
                 worker, _ = self._ready_worker(f"worker-{short}", env, watcher, f"probe{short}")
                 extra = {"guarantee": guarantee, "gateway": "in-process", "gateway_latency_ms": 0}
                 pg_before = 1
-                messages = self.burst_messages if short == "eos" and self.burst_messages else None
+                messages = self._shared_burst() if short == "eos" else None
                 row = self._throughput(f"paystream {guarantee}", f"tp{short}", self.p.payments, watcher, worker,
                                        pg_before, extra, messages)
                 self.results.throughput.append(row)
@@ -478,6 +496,35 @@ class Bench:
         self.say(f"recovery, {k:,} payments, {label}: /ready after {recovered} s, "
                  f"first payment answered after {took:.1f}s" if took else f"[red]recovery, {label}: no answer")
 
+    # -------------------------------------------------------------- textbook faust agent
+
+    def run_textbook(self) -> None:
+        """The second baseline: the same burst as the exactly_once session, through the same
+        payment logic written as a textbook faust agent (bench/textbook.py), on clean topics.
+        No sink runs beside it (it has the CPUs the paystream sessions share with their sink)."""
+        with self.scenario("textbook: faust agent, one message at a time"):
+            _, env = self._start_session("textbook", processing_guarantee="at_least_once", simgw_in_process="true")
+            watcher = TerminalWatcher(self.s, from_beginning=True)
+            worker: benv.Proc | None = None
+            try:
+                worker, _ = self._ready_worker("textbook", env, watcher, "probetextbook", start=benv.start_textbook)
+                messages = self._shared_burst()
+                extra = {"guarantee": "at_least_once", "gateway": "in-process", "gateway_latency_ms": 0}
+                row = self._throughput("textbook faust agent", "tpeos", len(messages), watcher, worker, 0, extra,
+                                       messages, postgres=False)
+                row["events"] = watcher.events_by_phase.get("tpeos", 0)
+                succeeded = row["outcomes"].get("PaymentSucceeded", 0)
+                if succeeded != len(messages):
+                    row.setdefault("error", f"{succeeded} of {len(messages)} payments reached PaymentSucceeded "
+                                            f"(terminal events: {row['outcomes']})")
+                if "error" in row:
+                    self.results.errors.append({"scenario": "textbook", "error": row["error"].splitlines()[0]})
+                self.results.textbook.append(row)
+            finally:
+                if worker is not None:
+                    worker.stop()
+                watcher.close()
+
     # -------------------------------------------------------------- HTTP gateway
 
     def run_http(self) -> None:
@@ -531,6 +578,8 @@ class Bench:
                 eos_max = self.run_inprocess("exactly_once", None)
             if "alo" in self.p.scenarios:
                 self.run_inprocess("at_least_once", eos_max)
+            if "textbook" in self.p.scenarios:
+                self.run_textbook()
             if "http" in self.p.scenarios:
                 self.run_http()
         self.results.meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -90,7 +90,11 @@ def fraud_changelogs(settings: Settings) -> dict[str, dict[str, str]]:
             retention_ms = str((w.size_s + w.step_s) * 1000)
             out[topics.changelog(settings.app_id, f"fraud-{prefix}-{w.name}")] = {
                 "cleanup.policy": "compact,delete", "retention.ms": retention_ms}
+    _, expires = af.counted_window(plan.all_windows)
+    out[topics.changelog(settings.app_id, "fraud-counted")] = {
+        "cleanup.policy": "compact,delete", "retention.ms": str(expires * 1000)}
     out[topics.changelog(settings.app_id, "fraud-blocklist")] = {"cleanup.policy": "compact"}
+    out[topics.changelog(settings.app_id, "fraud-applied-offsets")] = {"cleanup.policy": "compact"}
     return out
 
 

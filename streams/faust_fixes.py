@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from faust import worker as faust_worker
 from faust.tables import base as faust_tables
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -49,7 +50,7 @@ async def _highwaters_from_list_offsets(self: Any, partitions: list[TP]) -> Mapp
 # before that one committed came back with tables older than its events, and re-applied inputs
 # republished events with sequence numbers already used.
 #
-# The fix: the payments agent applies each input under ``commit_lock`` (an asyncio.Lock, FIFO:
+# The fix: every agent (payments, fraud, fraud-admin) applies each input under ``commit_lock`` (an asyncio.Lock, FIFO:
 # a commit that asks for it runs right after the input in hand, never in its middle), and a
 # commit first waits until every changelog write made so far was delivered to the broker (its
 # FutureMessage resolved), so it is inside the transaction being committed. Waiting on the
@@ -207,13 +208,14 @@ async def _commit_transactions_concurrently(self: Any, tid_to_offset_map: Mappin
 # fetched under an older consumer generation, or while flow control is suspended around a
 # rebalance, *and acknowledges it*, so its offset is committed and nobody ever applies it. Our
 # gap healer only noticed when a later message came on the same partition. Here the consumer
-# refuses to acknowledge an input the payments agent has not applied while its partition is
-# still assigned, and the partition is sought back to that offset, so the message is fetched
-# again and applied (the agent's applied-offsets guard skips anything re-fetched twice).
+# refuses to acknowledge an input its agent has not applied while its partition is still
+# assigned, and the partition is sought back to that offset, so the message is fetched again and
+# applied (the agent's applied-offsets guard skips anything re-fetched twice). The agents'
+# side of this lives in streams/input_guard.py (payments agent and fraud agents alike).
 
 _original_ack = faust_consumer.Consumer.ack
 
-AckGuard = tuple[frozenset[str], Callable[[TP, int], bool], Callable[[Any], None]]
+AckGuard = tuple[Callable[[TP, int], bool], Callable[[Any], None]]
 
 
 def install_ack_guard(app: Any, topics: Collection[str], applied: Callable[[TP, int], bool],
@@ -224,17 +226,24 @@ def install_ack_guard(app: Any, topics: Collection[str], applied: Callable[[TP, 
     it again through ``app.consumer.ack(message)`` once it is applied (by the gap healer, say)
     or seek its partition back so it is fetched again. Until one of them happens, faust commits
     nothing more on that partition (its offsets must stay contiguous), so its transaction stays
-    open and would time out.
+    open and would time out. Each agent installs its own guard for its own input topics
+    (``streams.input_guard.InputGuard``); a topic has at most one.
     """
-    app._paystream_ack_guard = (frozenset(topics), applied, on_refused)
+    guards: dict[str, AckGuard] | None = getattr(app, "_paystream_ack_guards", None)
+    if guards is None:
+        guards = {}
+        app._paystream_ack_guards = guards
+    for topic in topics:
+        guards[topic] = (applied, on_refused)
 
 
 def _ack_applied_only(self: Any, message: Any) -> bool:
-    guard: AckGuard | None = getattr(self.app, "_paystream_ack_guard", None)
+    guards: dict[str, AckGuard] | None = getattr(self.app, "_paystream_ack_guards", None)
+    guard = guards.get(message.topic) if guards else None
     if guard is not None and not message.acked:
-        topics, applied, on_refused = guard
+        applied, on_refused = guard
         tp = message.tp
-        if message.topic in topics and not applied(tp, message.offset) and tp in self.assignment():
+        if not applied(tp, message.offset) and tp in self.assignment():
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)  # a rebalance waiting for the stream to drain goes on
             on_refused(message)
@@ -256,6 +265,29 @@ def _no_spinner_handler(self: Any, logger: logging.Logger, level: int) -> None:
     self.spinner = None
 
 
+# --- Recovery never seeks to a negative offset -------------------------------------------------
+#
+# Observed (tests/integration/test_fraud_workers.py, two fraud-enabled workers started together):
+# "[Recovery]: Crashed reason=ValueError('Offset must be a positive integer')" in the standby
+# seek of ``Recovery._restart_recovery``, and the worker exits. A GlobalTable (the fraud
+# blocklist) gets standby partitions on every worker even with ``table_standby_replicas=0``, and
+# a rebalance during recovery left no offset (None; logged by this fix for the blocklist's
+# changelog partitions) for them; faust only maps -1 (read nothing yet) to 0. None or anything
+# below 0 means "nothing read": the changelog is read from its start, which for a compacted
+# changelog rebuilds the same table.
+
+_original_seek_offsets = faust_recovery.Recovery._seek_offsets
+
+
+async def _seek_offsets_not_negative(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+    for tp in tps:
+        if offsets[tp] is None or offsets[tp] < -1:
+            log.warning("recovery: %s offset %s of %s is not an offset: reading its changelog from the start",
+                        title, offsets[tp], tp)
+            offsets[tp] = -1
+    await _original_seek_offsets(self, consumer, tps, offsets, title)
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
@@ -267,4 +299,5 @@ def apply() -> None:
     faust_consumer.Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
     faust_worker.Worker._setup_spinner_handler = _no_spinner_handler  # type: ignore[method-assign]
     faust_aiokafka.Producer.commit_transactions = _commit_transactions_concurrently  # type: ignore[method-assign]
+    faust_recovery.Recovery._seek_offsets = _seek_offsets_not_negative  # type: ignore[method-assign]
     _APPLIED = True

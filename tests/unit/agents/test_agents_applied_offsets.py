@@ -1,11 +1,11 @@
-"""The payments agent's applied-offsets guard: an offset remembered beyond the partition's end
+"""The agents' applied-offsets guard (streams/input_guard.py): an offset remembered beyond the partition's end
 (the topic was recreated, the app's changelogs kept) is stale, not a redelivery."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents.payments import applied_offset_is_stale
+from streams.input_guard import applied_offset_is_stale
 
 
 @pytest.mark.parametrize(

@@ -148,9 +148,26 @@ def test_each_hop_counts_its_own_dimension() -> None:
         (fr.Dimension.CUSTOMER, "1d", 1, 700), (fr.Dimension.FINGERPRINT, "1m", 1, 700),
         (fr.Dimension.FINGERPRINT, "1h", 1, 700), (fr.Dimension.IP, "1m", 1, 700), (fr.Dimension.IP, "1h", 1, 700)}
     # amounts are summed per currency: a USD payment does not add to the EUR sum
-    usd = fr.check_request(replace(cmd, body=replace(body, amount=5, currency="USD")), 1_750_000_001_000, 5)
+    usd = fr.check_request(replace(cmd, payment_id="pay-2", body=replace(body, amount=5, currency="USD")),
+                           1_750_000_001_000, 5)
     assert af.count_stage(usd, plan, store).features.velocity_for(fr.Dimension.CUSTOMER, "1m") == \
         fr.VelocityFeature(fr.Dimension.CUSTOMER, "1m", 2, 5)
+
+
+def test_a_repeated_hop_of_a_payment_is_not_counted_again() -> None:
+    store = af.InMemoryWindowStore()
+    plan = af.plan_windows(ACTIVE)
+    cmd = cmds.Command("c1", "pay-1", 1, "t", cmds.CreatePayment(order_id="o", customer_id="cus_1", amount=700,
+                                                               currency="EUR", customer_ip="192.0.2.1"))
+    request = fr.check_request(cmd, 1_750_000_000_000, 5)
+    first = af.count_stage(request, plan, store)
+    assert first is not None and first.features.velocity_for(fr.Dimension.CUSTOMER, "1m").count == 1
+    assert af.count_stage(request, plan, store) is None  # the same hop again: dropped
+    assert af.count_stage(first, plan, store) is not None  # its next hop (the IP) is counted once
+    assert af.count_stage(first, plan, store) is None
+    other = fr.check_request(replace(cmd, payment_id="pay-2", command_id="c2"), 1_750_000_001_000, 5)
+    counted = af.count_stage(other, plan, store)
+    assert counted is not None and counted.features.velocity_for(fr.Dimension.CUSTOMER, "1m").count == 2
 
 
 def test_in_memory_windows_forget_old_payments() -> None:
@@ -271,6 +288,41 @@ def test_faust_hops_forward_by_dimension_key_and_answer_to_the_payment_partition
     msg = af.verdict_message(last)
     assert (msg.key, msg.partition) == (b"pay-73", 6)
     assert af.decode_verdict(msg.value) == last
+
+
+def test_faust_agent_drops_a_repeated_check_and_guards_its_inputs() -> None:
+    """A hop that arrives twice (same payment, a new offset: a duplicate message) is neither
+    counted again nor answered twice; the fraud topics are under the input guard's ack guard."""
+    cmd = cmds.Command("c1", "pay-dup", 1, "t", cmds.CreatePayment(order_id="o", customer_id="cus_dup", amount=5,
+                                                                 currency="USD"))
+    request = fr.check_request(cmd, 1_750_000_000_000, 3)
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("paystream_fraud_duplicate_hops_total", {"dimension": "customer"}) or 0.0
+
+    before = dropped()
+
+    async def run() -> tuple[list[fr.FraudVerdict], int, Any, dict[str, Any]]:
+        async with fraud_app() as h:
+            await h.check(request)
+            msg = af.request_message(request)
+            # The duplicate, under another Kafka timestamp: the windows follow observed_at, not the
+            # message's timestamp (a check the gap healer reads back runs under a later event's).
+            await h.checks.put(msg.value, key=msg.key, timestamp=msg.timestamp_s + 40)
+            nxt = replace(request, payment_id="pay-dup-2", command_id="c2", observed_at=request.observed_at + 1000)
+            await h.check(nxt)
+            applied = dict(h.wiring.guard.table.items())
+            store = h.wiring.store
+            count = int(store.counts["1m"]["customer:cus_dup"].current(event=store._at(nxt.observed_at)))
+            return h.verdicts, count, h.wiring.guard.app._paystream_ack_guards, applied
+
+    verdicts, count, guards, applied = asyncio.run(run())
+    assert count == 2  # two payments, three check messages
+    assert [v.payment_id for v in verdicts] == ["pay-dup", "pay-dup-2"]  # no second verdict for pay-dup
+    assert dropped() - before == 1
+    checks, admin = af.checks_topic(Settings().app_id), af.admin_topic(Settings().app_id)  # type: ignore[call-arg]
+    assert {checks, admin} <= set(guards)
+    assert applied == {f"{checks}:0": 2}  # three inputs on partition 0, offsets 0..2, each applied once
 
 
 def test_a_failing_check_still_answers_review() -> None:

@@ -36,6 +36,9 @@ def sample() -> dict[str, Any]:
                             "gateway_batch_size": 256, "latency_seconds": 5, "recovery_k": 10000}},
         "baseline": [{"guarantee": "at_least_once", "messages": 2000, "seconds": 0.5, "per_s": 4000.0},
                      {"guarantee": "exactly_once", "messages": 2000, "seconds": 1.0, "per_s": 2000.0}],
+        "textbook": [{"name": "textbook faust agent", "guarantee": "at_least_once", "gateway": "in-process",
+                      "gateway_latency_ms": 0, "payments": 2000, "answered": 2000, "per_s": 80.0,
+                      "steady_per_s": 90.0, "outcomes": {"PaymentSucceeded": 2000}}],
         "throughput": [
             {"name": "paystream exactly_once", "guarantee": "exactly_once", "gateway": "in-process",
              "gateway_latency_ms": 0, "answered": 2000, "per_s": 200.0, "steady_per_s": 250.0, "pg_per_s": 190.0},
@@ -76,6 +79,35 @@ def test_each_run_is_compared_with_the_baseline_of_its_own_guarantee() -> None:
     assert data["eos_vs_alo"] == 0.5
 
 
+def test_in_process_runs_are_compared_with_the_textbook_agent() -> None:
+    data = add_ratios(sample())
+    by_name = {r["name"]: r for r in data["throughput"]}
+    assert by_name["paystream exactly_once"]["vs_textbook"] == 2.5  # 200 / 80
+    assert by_name["paystream at_least_once"]["vs_textbook"] == 5.0  # 400 / 80
+    assert by_name["paystream HTTP gateway 200 ms"]["vs_textbook"] is None
+    assert data["vs_textbook"] == {"exactly_once": 2.5, "at_least_once": 5.0}
+    assert data["textbook"][0]["vs_baseline"] == 0.02  # 80 / 4000, the raw loop at_least_once
+
+
+def test_the_textbook_target_is_judged_per_guarantee() -> None:
+    data = sample()
+    data["textbook"][0]["per_s"] = 160.0
+    other = dict(other_rows(add_ratios(data)))
+    assert other["paystream exactly_once ÷ textbook faust agent (throughput)"] == "1.2× (target ≥ 2×: not met)"
+    assert other["paystream at_least_once ÷ textbook faust agent (throughput)"] == "2.5× (target ≥ 2×: met)"
+
+
+def test_without_a_textbook_run_there_is_no_textbook_ratio() -> None:
+    for textbook in ([], [{"name": "textbook faust agent", "guarantee": "at_least_once", "per_s": 0.0}]):
+        data = sample()
+        data["textbook"] = textbook
+        add_ratios(data)
+        assert all(r["vs_textbook"] is None for r in data["throughput"])
+        assert data["vs_textbook"] == {"exactly_once": None, "at_least_once": None}
+        assert not any("textbook" in row[0] for row in other_rows(data))
+        assert all(row[8] == "–" for row in throughput_rows(data) if row[0].startswith("paystream"))
+
+
 def test_ratios_are_absent_without_a_baseline() -> None:
     data = sample()
     data["baseline"] = []
@@ -90,7 +122,8 @@ def test_table_rows_carry_the_figures() -> None:
     http = next(r for r in rows if r[0].startswith("paystream HTTP"))
     assert http[2] == "HTTP 200 ms"
     assert http[7] == "0.075×"
-    assert http[8] == "7.5×"
+    assert http[8] == "–"  # a gateway's latency, not the pipeline: no textbook ratio
+    assert http[9] == "7.5×"
     lat = latency_rows(data)[0]
     assert lat[:6] == ["exactly_once @ 50% of eos max", "100.0", "12.5", "40.0", "80.0", "120.0"]
     assert lat[6:10] == ["–"] * 4  # no Postgres latencies in this sample
@@ -105,7 +138,11 @@ def test_markdown_summary_names_the_command_machine_and_load() -> None:
     assert "python -m bench --quick" in text
     assert "2 CPUs (Test CPU), 23.0 GiB memory" in text
     assert "load average (1 min) 1.5 at the start, 2.5 at the end" in text
-    assert "| paystream exactly_once | exactly_once | in-process | 2,000 | 200 | 250 | 190 | 0.1× | – |" in text
+    assert ("| paystream exactly_once | exactly_once | in-process | 2,000 | 200 | 250 | 190 | 0.1× | 2.5× "
+            "| – |\n") in text
+    assert ("| textbook faust agent, at_least_once | at_least_once | in-process | 2,000 | 80 | 90 | – | 0.02× | 1× "
+            "| – |\n") in text
+    assert "| paystream exactly_once ÷ textbook faust agent (throughput) | 2.5× (target ≥ 2×: met) |" in text
     assert "- http: BenchError: boom" in text
     assert "- rocksdict is not installed" in text
     assert text.startswith("> **Smoke run (`--quick`)**")
@@ -134,7 +171,8 @@ def test_report_prints_every_section(tmp_path: Path) -> None:
     console = Console(record=True, width=200)
     print_report(console, add_ratios(sample()))
     text = console.export_text()
-    for needle in ("Throughput", "Latency", "raw Kafka loop, exactly_once", "BenchError: boom", "sink alone"):
+    for needle in ("Throughput", "Latency", "raw Kafka loop, exactly_once", "textbook faust agent, at_least_once",
+                   "÷ textbook", "BenchError: boom", "sink alone"):
         assert needle in text
     write_json(tmp_path / "sub" / "r.json", sample())
     assert json.loads((tmp_path / "sub" / "r.json").read_text())["meta"]["profile"] == "quick"
@@ -144,4 +182,5 @@ def test_cli_defaults_and_overrides() -> None:
     args = parse_args(["--quick", "--recovery-k", "1000000", "--only", "eos", "--only", "baseline"])
     assert args.quick and args.recovery_k == 1_000_000
     assert args.only == ["eos", "baseline"]
+    assert parse_args(["--only", "textbook"]).only == ["textbook"]
     assert parse_args([]).docs is None

@@ -51,6 +51,7 @@ BOUNDED_LABEL_VALUES = {
     "message.topic": "input topic names",
     "str(tp.partition)": "partition numbers of payment.events",
     "outcome.decision.value": "fraud Decision enum",
+    "request.stages[0].value": "fraud Dimension enum (customer, fingerprint, ip)",
     "mode": "'active' or 'shadow'",
     "outcome.ruleset_version": "versions of the configured rule sets (active, candidate)",
     "rule": "rule names of the configured rule sets, plus fraud_check_timeout",

@@ -203,3 +203,44 @@ def test_no_commit_after_an_input_stopped_half_way(monkeypatch: pytest.MonkeyPat
         return await faust_fixes._commit_offsets_between_inputs(FakeConsumer(app, set()), {TP("t", 0): 2})
 
     assert asyncio.run(whole_input()) is True and commits == [{TP("t", 0): 2}]
+
+
+def test_each_agent_guards_its_own_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The payments agent and the fraud agents install one guard each; a message is judged by
+    the guard of its own topic (a fraud check is not refused by the payments agent's offsets)."""
+    app = SimpleNamespace()
+    acked: list[tuple[str, int]] = []
+    refused: list[tuple[str, Message]] = []
+    monkeypatch.setattr(faust_fixes, "_original_ack", lambda self, m: acked.append((m.topic, m.offset)) or True)
+    faust_fixes.install_ack_guard(app, {"payment.requests"}, lambda t, o: o <= 5,
+                                  lambda m: refused.append(("payments", m)))
+    faust_fixes.install_ack_guard(app, {"paystream-fraud-checks", "paystream-fraud-admin"}, lambda t, o: o <= 1,
+                                  lambda m: refused.append(("fraud", m)))
+    consumer = FakeConsumer(app, {TP("payment.requests", 0), TP("paystream-fraud-checks", 0)})
+
+    assert faust_fixes._ack_applied_only(consumer, message("payment.requests", 0, 3)) is True
+    assert faust_fixes._ack_applied_only(consumer, message("paystream-fraud-checks", 0, 1)) is True
+    dropped_check = message("paystream-fraud-checks", 0, 3)  # applied by payments' measure, not by fraud's
+    assert faust_fixes._ack_applied_only(consumer, dropped_check) is False
+    assert acked == [("payment.requests", 3), ("paystream-fraud-checks", 1)]
+    assert refused == [("fraud", dropped_check)]
+
+
+def test_recovery_seeks_a_negative_offset_to_the_changelog_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust maps only -1 to 0; no offset (None, seen for a GlobalTable's standby after a
+    rebalance during recovery) or one below -1 made aiokafka raise and the worker exit."""
+    sought: list[dict[TP, int]] = []
+
+    class Consumer:
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            sought.append(dict(offsets))
+
+    from collections import Counter
+
+    standby, other, fresh, below = (TP("paystream-fraud-blocklist-changelog", 0), TP("x-changelog", 1), TP("y", 2),
+                                    TP("z", 3))
+    offsets: Counter[TP] = Counter({other: 41, fresh: -1, below: -2})
+    offsets[standby] = None  # type: ignore[assignment]  # what the crashed recovery was given
+    asyncio.run(faust_fixes._seek_offsets_not_negative(SimpleNamespace(), Consumer(), {standby, other, fresh, below},
+                                                       offsets, "standby"))
+    assert sought == [{standby: 0, other: 41, fresh: 0, below: 0}]

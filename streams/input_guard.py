@@ -1,0 +1,257 @@
+"""Every input offset of an agent applied exactly once, in order, whatever faust delivers.
+
+Shared by the payments agent (``agents/payments.py``) and the fraud agents (``agents/fraud.py``):
+faust-streaming 0.15.3 can skip a message and acknowledge it anyway (F11 in
+docs/reliability.md), skip the first message of a partition when a worker starts under load,
+and redeliver messages around rebalances. An ``InputGuard`` keeps the last applied offset per
+input partition in a changelog-backed table, written in the input's transaction (so it commits
+or aborts with the input's outputs and table writes), and
+
+* skips an offset it already applied (a redelivery);
+* heals a jump by reading the missing offsets directly (``GapReader``) and applying them first;
+* refuses, through ``faust_fixes.install_ack_guard``, to acknowledge an input it has not
+  applied while its partition is still assigned, and seeks the partition back so the input is
+  fetched again;
+* skips an input whose partition was revoked while it was buffered, or lost while it was being
+  applied (``PartitionLost``): its new owner applies it from the committed offset.
+
+``InputGuard.consume(stream)`` is the agent loop: each input is applied and acknowledged as a
+whole under ``faust_fixes.commit_lock``, between two commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+from aiokafka.errors import IllegalOperation
+from faust.exceptions import ProducerSendError
+from faust.types import TP
+
+from paystream import metrics
+from paystream.transport import KafkaTarget, as_kafka
+from streams import faust_fixes
+from streams.faust_fixes import commit_lock
+
+log = logging.getLogger("paystream.input_guard")
+
+
+class PartitionLost(Exception):
+    """The input's partition was revoked while it was being applied."""
+
+
+def applied_offset_is_stale(last_applied: int, partition_end: int | None) -> bool:
+    """Whether the applied-offsets table remembers an offset the partition does not hold.
+
+    An applied offset is the offset of a message that was read, so it is always below the
+    partition's end (its last stable offset). One at or past the end means the topic was
+    deleted and recreated while this app's changelogs were kept: every new message would be
+    taken for a redelivery and skipped. An unknown end (None, or not positive) is never stale.
+    """
+    return partition_end is not None and partition_end > 0 and last_applied >= partition_end
+
+
+def transactional_id(app: faust.App, event: Any) -> str | None:
+    """The transaction of the input's partition (None outside exactly_once or without an input).
+
+    faust routes an agent's sends to the transaction of the *destination* topic's partition
+    group, and sends to a topic no agent consumes are not transactional at all. Sending
+    explicitly in the source partition's transaction makes outputs, table writes and the input
+    offset commit (or abort) together.
+    """
+    if event is None or not app.in_transaction:
+        return None
+    m = event.message
+    return f"{app.conf.id}-{app.assignor.group_for_topic(m.topic)}-{m.partition}"
+
+
+async def send_in_input_transaction(app: faust.App, event: Any, topic: str, key: bytes | None,
+                                    value: bytes | None, partition: int | None, timestamp: float | None = None,
+                                    headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Produce in the transaction of ``event``'s partition; ``PartitionLost`` when that
+    transaction was closed by a rebalance (the partition is another worker's now, which applies
+    the input again from the committed offset)."""
+    tid = transactional_id(app, event)
+    try:
+        await app.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=tid)
+    except (IllegalOperation, ProducerSendError) as exc:
+        if tid is None:
+            raise
+        raise PartitionLost(tid) from exc
+
+
+@dataclass(frozen=True)
+class ReadMessage:
+    """A message read back by ``GapReader`` (timestamp in seconds, as faust's)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A message read back by ``GapReader``, shaped like a faust event for the handlers."""
+
+    message: ReadMessage
+
+
+class GapReader:
+    """Reads a range of offsets of one partition directly (read_committed, no group)."""
+
+    def __init__(self, bootstrap: KafkaTarget, timeout_s: float = 15.0) -> None:
+        self.kafka = as_kafka(bootstrap)
+        self.timeout_s = timeout_s
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[ReadMessage]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(**self.kafka.aiokafka(), enable_auto_commit=False,
+                                    isolation_level="read_committed", group_id=None)
+        await consumer.start()
+        out: list[ReadMessage] = []
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            deadline = time.monotonic() + self.timeout_s
+            while await consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    metrics.GAPS_UNREADABLE.labels(topic).inc()
+                    log.error("could not read back %s:%d offsets %d..%d", topic, partition, start, end - 1)
+                    break
+                batch = await consumer.getmany(tp, timeout_ms=200)
+                for rec in batch.get(tp, []):
+                    if start <= rec.offset < end:
+                        ts = rec.timestamp / 1000 if rec.timestamp is not None else None
+                        out.append(ReadMessage(topic, partition, rec.offset, rec.key, rec.value, ts))
+        finally:
+            await consumer.stop()
+        return out
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class InputGuard:
+    """Applies the inputs of ``topics`` through ``handle`` exactly once, in offset order.
+
+    ``table`` is a faust table (``"topic:partition" -> last applied offset``) written from the
+    agent, so co-partitioned with the inputs and committed with their outputs. ``handle`` gets
+    faust events and ``Replayed`` messages alike and must not raise, except ``PartitionLost``.
+    Create it at install time, then ``install()`` it (the ack guard) and run ``consume`` as
+    the agent's body.
+    """
+
+    def __init__(self, app: faust.App, table: Any, topics: Collection[str], handle: Handler,
+                 gaps: GapReader) -> None:
+        self.app, self.table, self.topics, self.handle, self.gaps = app, table, frozenset(topics), handle, gaps
+        self.refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
+        self._refetching: set[asyncio.Future[None]] = set()
+
+    def install(self) -> InputGuard:
+        faust_fixes.install_ack_guard(self.app, self.topics, self.applied, self.on_refused)
+        return self
+
+    @staticmethod
+    def _key(topic: str, partition: int) -> str:
+        return f"{topic}:{partition}"
+
+    def applied(self, tp: TP, offset: int) -> bool:
+        last = self.table.get(self._key(tp.topic, tp.partition))
+        return last is not None and offset <= last
+
+    def partition_end(self, tp: TP) -> int | None:
+        try:
+            return cast(int | None, self.app.consumer.highwater(tp))
+        except Exception:  # unknown yet: never treat an offset as stale on a guess
+            return None
+
+    async def apply(self, event: Any) -> None:
+        """Apply one input: skip a redelivery, heal a gap first, remember the offset."""
+        m = event.message
+        key = self._key(m.topic, m.partition)
+        last = self.table.get(key)
+        if last is not None and m.offset <= last:
+            end = self.partition_end(TP(m.topic, m.partition))
+            if not applied_offset_is_stale(last, end):
+                metrics.REDELIVERED.labels(m.topic).inc()
+                return
+            metrics.STALE_APPLIED_OFFSETS.labels(m.topic).inc()
+            log.error("applied offset %d of %s lies beyond the partition's end (%s): the topic was recreated "
+                      "without this app's changelogs; applying from offset %d on", last, key, end, m.offset)
+            last = None
+        if last is not None and m.offset > last + 1:
+            missing = await self.gaps.read(m.topic, m.partition, last + 1, m.offset)
+            if missing:
+                metrics.GAPS_HEALED.labels(m.topic).inc(len(missing))
+                log.warning("consumer skipped %d message(s) of %s before offset %d: applying them now",
+                            len(missing), key, m.offset)
+            for msg in missing:
+                await self.handle(Replayed(msg))
+        await self.handle(event)
+        self.table[key] = m.offset
+
+    def owned(self, event: Any) -> bool:
+        m = event.message
+        return not self.app.in_transaction or TP(m.topic, m.partition) in self.app.consumer.assignment()
+
+    async def consume(self, stream: faust.StreamT[bytes]) -> None:
+        """The agent's loop: each input applied and acked as a whole between two commits."""
+        async for event in stream.events():
+            async with commit_lock(self.app):
+                if not self.owned(event):
+                    metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
+                    continue
+                faust_fixes.begin_input(self.app)  # left open if this input stops half-way: see faust_fixes
+                try:
+                    await self.apply(event)
+                except PartitionLost as lost:
+                    faust_fixes.end_input(self.app)  # its transaction is closed: nothing of it commits
+                    metrics.REVOKED_SKIPPED.inc()
+                    log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
+                                lost)
+                    continue
+                await stream.ack(event)
+                faust_fixes.end_input(self.app)
+
+    def on_refused(self, message: Any) -> None:
+        metrics.ACK_REFUSED.labels(message.topic).inc()
+        tp = message.tp
+        first = tp not in self.refused
+        self.refused.setdefault(tp, []).append(message)
+        if first:
+            task = asyncio.ensure_future(self.settle_refused(tp))
+            self._refetching.add(task)
+            task.add_done_callback(self._refetching.discard)
+
+    async def settle_refused(self, tp: TP) -> None:
+        """Between two inputs: acknowledge the dropped inputs applied meanwhile (the gap healer
+        reads them back when a later one arrives), and seek back to the first one that is not,
+        so it is fetched again. faust commits nothing on the partition until then."""
+        await asyncio.sleep(0.05)  # gather the other drops of this burst first
+        async with commit_lock(self.app):
+            messages = self.refused.pop(tp, [])
+            if tp not in self.app.consumer.assignment():
+                return  # revoked: its new owner starts from the committed offset
+            pending = [m for m in messages if not self.applied(tp, m.offset)]
+            for m in messages:
+                if self.applied(tp, m.offset):
+                    self.app.consumer.ack(m)
+            if not pending:
+                return
+            first = min(m.offset for m in pending)
+            log.warning("input %s:%d was dropped by the stream before it was applied: fetching it again",
+                        tp.topic, first)
+            try:
+                await self.app.consumer.seek_wait({tp: first})  # in the consumer's own thread
+            except Exception:  # revoked meanwhile: its new owner starts from the committed offset
+                log.exception("could not seek %s back to %d", tp, first)
