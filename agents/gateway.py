@@ -46,10 +46,13 @@ log = logging.getLogger("paystream.gateway")
 
 
 def reconciled_operation(call: CallGateway) -> str:
-    """The operation a retrieve call asks about, from its key ``ps-<payment>-<op>-<attempt>``.
+    """The operation a retrieve call asks about, from its key ``ps-<payment>-<op>-<attempt>``;
+    a void or refund of an orphan charge is ``void_orphan`` / ``refund_orphan``.
 
     Refund keys carry ``refund:<refund_id>``; payment ids may contain dashes, refund ids not.
     """
+    if call.orphan_of is not None and call.operation in (GatewayOperation.CANCEL, GatewayOperation.REFUND):
+        return "void_orphan" if call.operation is GatewayOperation.CANCEL else "refund_orphan"
     if call.operation is not GatewayOperation.RETRIEVE:
         return call.operation.value
     if call.refund_id is not None:

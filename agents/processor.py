@@ -29,16 +29,13 @@ from paystream.core.machine import (
     CallGateway,
     Decision,
     FraudVerdictInput,
-    GatewayReply,
     Input,
     Notification,
     PaymentState,
-    ReplyStatus,
     RequestFraudCheck,
     decide,
     is_busy,
     reconcile_effects,
-    superseded_call,
     totals,
 )
 from paystream.core.methods import (
@@ -50,7 +47,7 @@ from paystream.core.methods import (
 )
 from paystream.core.rejections import Rejection, RejectionReason
 from paystream.core.sensitive import redact
-from paystream.metrics import ORPHAN_CHARGES
+from paystream.metrics import ORPHAN_CHARGES, ORPHAN_RESOLUTIONS
 from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
 
@@ -157,6 +154,24 @@ def needs_watch(state: PaymentState | None) -> bool:
     """Whether the reconciler has something to do for this state: an operation whose outcome
     is unknown (``reconcile_effects``) or a payment held by a fraud check."""
     return state is not None and (state.fraud is not None or bool(reconcile_effects(state)))
+
+
+def note_orphans(payment_id: str, decision: Decision) -> None:
+    """Orphan charges found and settled: counted, and logged (an error when paystream gave up)."""
+    for body in decision.events:
+        if isinstance(body, evs.OrphanChargeDetected):
+            ORPHAN_CHARGES.inc()
+            log.warning("payment %s: orphan charge %s at %s under superseded key %s (%d %s); %s it",
+                        redact(payment_id), body.orphan_gateway_ref, body.orphan_gateway, body.orphan_key,
+                        body.amount, body.currency, "voiding" if body.action == "void" else "refunding")
+        elif isinstance(body, evs.OrphanChargeResolved):
+            ORPHAN_RESOLUTIONS.labels(body.outcome).inc()
+            if body.outcome == "failed":
+                log.error("payment %s: orphan charge %s at %s NOT released (%s): %s; release it by hand",
+                          redact(payment_id), body.orphan_gateway_ref, body.orphan_gateway, body.action, body.reason)
+            else:
+                log.info("payment %s: orphan charge %s at %s %s", redact(payment_id), body.orphan_gateway_ref,
+                         body.orphan_gateway, body.outcome)
 
 
 class PaymentProcessor:
@@ -279,15 +294,8 @@ class PaymentProcessor:
         decision = decide(record.state, inp, now)
         if decision.ignored:
             out.ignored = decision.ignored
-            if (decision.ignored == "stale_reply" and isinstance(inp, GatewayReply)
-                    and inp.status in (ReplyStatus.AUTHORIZED, ReplyStatus.CAPTURED)
-                    and superseded_call(record.state, inp)):
-                # A call redone after the payment had moved on (a new attempt or another
-                # gateway) says money moved under an old key: that charge is nobody's.
-                ORPHAN_CHARGES.inc()
-                log.error("payment %s: a stale reply under %s reports %s; check the gateway for an orphan charge",
-                          payment_id, inp.idempotency_key, inp.status.value)
             return out
+        note_orphans(payment_id, decision)
         record.state = decision.state
         self._emit(record, payment_id, decision, now, out)
         self._drain(record, now, out)

@@ -25,7 +25,11 @@ I1  Per payment, at most one *successful* charge in the gateway ledger. A charge
     when money was captured (``amount_captured > 0``, refunds do not undo a double charge) or
     it is an authorization still holding money (``status == "authorized"``). A voided
     (``canceled``) authorization, a decline, a stored 5xx and an unfinished 3-D Secure
-    (``requires_action``) are not.
+    (``requires_action``) are not. The one exception to "refunds do not undo": an *orphan
+    charge* (money under an authorization key paystream gave up on) that paystream refunded in
+    full, as the ledger itself shows it: succeeded refunds with paystream's orphan refund ids
+    (``orphan_<attempt>_<n>``) add up to the captured amount. A voided orphan is ``canceled``.
+    Both are counted in ``extra["orphans released"]`` (information).
 I2  Every command that was not dead-lettered has exactly one event with
     ``causation_command_id == command_id`` whose type is in ``TERMINAL[command type]``
     (written out below, not imported). Messages repeating a command id count as one command.
@@ -327,6 +331,16 @@ def _hex_context(data: bytes, start: int, end: int) -> bool:
 
 def find_card_numbers(data: bytes) -> list[str]:
     """Card numbers in ``data``, masked (``****1234`` and the digit count)."""
+    return [f"****{digits[-4:]} ({len(digits)} digits)" for digits in card_numbers_in(data)]
+
+
+def mask_pan(digits: str) -> str:
+    """First six and last four digits (PCI DSS 3.4.1's most that may be shown), the rest masked."""
+    return f"{digits[:6]}{'*' * (len(digits) - 10)}{digits[-4:]}"
+
+
+def card_numbers_in(data: bytes) -> list[str]:
+    """The card numbers in ``data`` (the digits, unmasked: mask before printing)."""
     found: list[str] = []
     for run in _RUN.finditer(data):
         groups = [g.group().decode() for g in _GROUPS.finditer(run.group())]
@@ -346,7 +360,7 @@ def find_card_numbers(data: bytes) -> list[str]:
                 if len(digits) > 19:
                     break
                 if len(digits) >= 13 and digits[0] in "23456" and luhn(digits):
-                    found.append(f"****{digits[-4:]} ({len(digits)} digits)")
+                    found.append(digits)
                     break
     return found
 
@@ -677,8 +691,29 @@ def _last_with_status(evs: list[_Event]) -> _Event | None:
     return None
 
 
-def _successful(charge: Mapping[str, Any]) -> bool:
+ORPHAN_REFUND_ID = re.compile(r"^orphan_\d+_\d+$")  # paystream's refunds of orphan charges
+ORPHAN_VOID_KEY = re.compile(r"-authorize-\d+-void(-\d+)?$")  # paystream's voids of orphan charges
+
+
+def orphan_refunded(charge: Mapping[str, Any]) -> bool:
+    """A captured charge paystream refunded in full as an orphan, per the ledger's own refund rows."""
+    captured = int(charge.get("amount_captured") or 0)
+    back = sum(int(r.get("amount") or 0) for r in charge.get("refunds") or []
+               if r.get("status") == "succeeded" and ORPHAN_REFUND_ID.match(str(r.get("refund_id") or "")))
+    return captured > 0 and back >= captured and int(charge.get("amount_refunded") or 0) >= captured
+
+
+def orphan_voided(charge: Mapping[str, Any]) -> bool:
+    return charge.get("status") == "canceled" and any(
+        ORPHAN_VOID_KEY.search(str(k)) for k in charge.get("idempotency_keys") or [])
+
+
+def successful(charge: Mapping[str, Any]) -> bool:
+    if orphan_refunded(charge):
+        return False  # an orphan charge whose money went back: really, in the ledger
     return int(charge.get("amount_captured") or 0) > 0 or charge.get("status") == "authorized"
+
+
 
 
 def _check_ledger(cfg: CheckConfig, report: Report, in_window: set[str],
@@ -692,8 +727,11 @@ def _check_ledger(cfg: CheckConfig, report: Report, in_window: set[str],
             # What paystream sent to the gateway is published too (I6).
             for pan in find_card_numbers(json.dumps(c).encode()):
                 report.card_numbers.append(f"gateway ledger charge {c.get('id')}: {pan}")
+    released = sum(1 for cs in charges.values() for c in cs if orphan_refunded(c) or orphan_voided(c))
+    if released:
+        report.extra["orphans released"] = released
     for pid, cs in charges.items():
-        ok = [c for c in cs if _successful(c)]
+        ok = [c for c in cs if successful(c)]
         if len(ok) > 1:
             report.double_charges.append(
                 f"{pid}: {len(ok)} successful charges " + ", ".join(
@@ -704,7 +742,7 @@ def _check_ledger(cfg: CheckConfig, report: Report, in_window: set[str],
         if last is None:
             continue
         status = last.value["status"]
-        ok = [c for c in charges.get(pid, []) if _successful(c)]
+        ok = [c for c in charges.get(pid, []) if successful(c)]
         t = last.totals or {}
         if status == "requires_action":
             # The customer's action is over at the gateway (its webhook went out), yet the
@@ -814,7 +852,7 @@ def _scan_card_numbers(cfg: CheckConfig, report: Report) -> None:
             for pan in find_card_numbers(line):
                 report.card_numbers.append(f"log {path}:{line_no}: {pan}")
     if cfg.scan_pg_dump:
-        dump = _pg_dump(cfg.dsn)
+        dump = pg_dump(cfg.dsn)
         if dump is None:
             report.notes.append("pg_dump failed: Postgres not scanned for card numbers")
         else:
@@ -837,11 +875,11 @@ def _line_key(line: bytes) -> str:
 
 def pg_card_lines(dsn: str) -> set[str]:
     """Keys of the ``pg_dump`` lines holding card numbers now (a window's baseline)."""
-    dump = _pg_dump(dsn) or b""
+    dump = pg_dump(dsn) or b""
     return {_line_key(line) for line in dump.splitlines() if find_card_numbers(line)}
 
 
-def _pg_dump(dsn: str) -> bytes | None:
+def pg_dump(dsn: str) -> bytes | None:
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), reverse=True) or ["pg_dump"]
     try:
         r = subprocess.run([binaries[0], "--data-only", "--no-owner", f"--dbname={dsn}"], capture_output=True,

@@ -523,6 +523,67 @@ def audit_verify(actor: str | None, no_record: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+@main.group(help="Encryption keys of tokens at rest (docs/security.md 3.6/3.7).")
+def keys() -> None:
+    pass
+
+
+@keys.command("reencrypt", help="After a key rotation: seal every token in customer_gateway_tokens that is not "
+                                "under the current key again under it (same associated data), one transaction per "
+                                "batch. Idempotent and restartable; rows it cannot open (unknown key id, not "
+                                "decrypting) are left as they are and reported (exit 1). Audited (keys.reencrypt).")
+@click.option("--dry-run", is_flag=True, help="only count the rows per key id; nothing is read or written")
+@click.option("--batch-size", default=500, show_default=True, help="rows per Postgres transaction")
+@click.option("--actor", default=None, help="who runs it (default: $PAYSTREAM_ADMIN_ACTOR or the OS user)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def keys_reencrypt(dry_run: bool, batch_size: int, actor: str | None, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agents.payments import load_keyring
+    from paystream.security.crypto import CryptoError
+    from sinks.reencrypt import key_counts_text, reencrypt_tokens
+
+    s = get_settings()
+    who = _admin_actor(actor)
+    try:
+        ring = load_keyring(s)
+    except CryptoError as exc:
+        raise click.ClickException(f"encryption keys: {exc}") from exc
+    if ring is None:
+        raise click.ClickException("no encryption keys configured (PAYSTREAM_ENCRYPTION_KEYS[_FILE])")
+    if batch_size < 1:
+        raise click.UsageError("--batch-size must be at least 1")
+    stopping = _stop_on_signals()
+    console = Console(stderr=True)
+    with Progress(TextColumn("re-encrypting tokens"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=as_json, disable=dry_run) as bar:
+        task = bar.add_task("tokens", total=None)
+        report = reencrypt_tokens(s.postgres_dsn, ring, batch_size=batch_size, dry_run=dry_run,
+                                  on_total=lambda n: bar.update(task, total=n),
+                                  progress=lambda n: bar.advance(task, n), stop=stopping)
+    detail: dict[str, object] = {"current_key_id": ring.current, "dry_run": dry_run, "rows_by_key": report.before,
+                                 "reencrypted": report.reencrypted, "failed": len(report.failed),
+                                 "pending": max(report.pending, 0), "stopped": report.stopped}
+    _admin_audit("keys.reencrypt", "customer_gateway_tokens", "success" if dry_run or report.ok else "failure",
+                 who, detail)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    elif dry_run:
+        click.echo(f"rows per key id: {key_counts_text(report.before, ring.current)}; "
+                   f"{sum(n for k, n in report.before.items() if k != ring.current)} to re-encrypt (dry run)")
+    else:
+        click.echo(f"re-encrypted {report.reencrypted} token(s) under {ring.current} in {report.batches} batch(es), "
+                   f"{report.seconds:.1f}s; now {key_counts_text(report.after, ring.current)}")
+        for f in report.failed:
+            click.echo(f"  not re-encrypted: {f.method_id} (key {f.key_id}: {f.reason})", err=True)
+        if report.pending > 0:
+            click.echo(f"  {report.pending} row(s) still pending (written or locked meanwhile, or stopped): "
+                       "run again", err=True)
+    if not dry_run and not report.ok:
+        sys.exit(1)
+
+
 @main.group(help="Customers' saved payment methods: the vault sink, and erasure of a customer's data.")
 def customers() -> None:
     pass

@@ -20,7 +20,10 @@ GATEWAY_CIRCUIT_STATE = Gauge("paystream_gateway_circuit_state",
 GATEWAY_CIRCUIT_TRANSITIONS = Counter("paystream_gateway_circuit_transitions_total",
                                       "Circuit breaker changes per gateway, by the state entered", ["gateway", "state"])
 ORPHAN_CHARGES = Counter("paystream_gateway_orphan_charges_total",
-                         "Stale gateway replies saying money moved under a key the payment no longer uses")
+                         "Orphan charges found: money under an authorization key the payment gave up on")
+ORPHAN_RESOLUTIONS = Counter("paystream_gateway_orphan_resolutions_total",
+                             "Orphan charges settled, by outcome (voided, refunded, failed: a human must act)",
+                             ["outcome"])
 GATEWAY_LATENCY = Histogram(
     "paystream_gateway_latency_seconds",
     "Gateway call latency",

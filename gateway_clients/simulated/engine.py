@@ -29,6 +29,15 @@ token                                  amount%100   outcome
 ``tok_flaky_<n>`` (n = 1..9)                        the first n requests under an idempotency
                                                     key get 503 ``service_unavailable`` (not
                                                     stored), then approved
+``tok_5xx_after_charge``                            approved and charged, then 500 "nothing
+                                                    was charged, retry" (a lie; stored with
+                                                    the charge, so a retry under the key
+                                                    replays the 500 and a lookup shows the
+                                                    charge): every new key of the payment
+``tok_5xx_after_charge_<n>`` (n = 1..9)             the same for the first n authorization
+                                                    keys of a payment, then approved (the
+                                                    orphan-charge case: attempt 0 charged and
+                                                    was given up, attempt 1 charges again)
 a 12+ digit run (card data)                         400 ``raw_card_data_rejected``, not stored
 anything else                                       400 ``invalid_payment_method``
 =====================================  ===========  =========================================
@@ -123,6 +132,7 @@ _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _TOKEN_RE = re.compile(r"^(tok|pm)_[A-Za-z0-9_]{1,100}$")
 _DIGIT_RUN_RE = re.compile(r"\d{12,}")
 _FLAKY_RE = re.compile(r"^tok_flaky_([1-9])$")
+_CHARGE_THEN_5XX_RE = re.compile(r"^tok_5xx_after_charge(?:_([1-9]))?$")
 
 
 class Delivery(StrEnum):
@@ -250,6 +260,7 @@ class SimulatedGatewayEngine:
         self._event_counter = 0
         self._refused_at_front: dict[str, int] = {}  # tok_flaky_<n>: 503s served per idempotency key
         self._detached: dict[str, str] = {}  # saved-method token -> idempotency key of its detach
+        self._charged_then_failed: dict[str, int] = {}  # tok_5xx_after_charge*: lies told per payment_id
 
     # -- configuration -------------------------------------------------------------------
 
@@ -362,6 +373,10 @@ class SimulatedGatewayEngine:
         else:
             self._approve(charge)
             response = EngineResponse(200, self._payment_json(charge))
+            if self._charge_then_fail(payment_method_token, payment_id):
+                # Charged, yet the answer says nothing was done: the key's record keeps the
+                # charge (a lookup finds it), its replays repeat the 500.
+                response = _server_error()
         stored = self._store(idempotency_key, fingerprint, "authorize", ref, response)
         return self._with_delivery(stored, outcome)
 
@@ -643,6 +658,17 @@ class SimulatedGatewayEngine:
         else:
             charge.status = "authorized"
             self._emit("payment.authorized", charge)
+
+    def _charge_then_fail(self, token: str, payment_id: str) -> bool:
+        """``tok_5xx_after_charge[_<n>]``: whether this new charge is answered with a 500."""
+        match = _CHARGE_THEN_5XX_RE.match(token)
+        if match is None:
+            return False
+        told = self._charged_then_failed.get(payment_id, 0)
+        if match.group(1) is not None and told >= int(match.group(1)):
+            return False
+        self._charged_then_failed[payment_id] = told + 1
+        return True
 
     def _replay(self, key: str, fingerprint: tuple[object, ...]) -> EngineResponse | None:
         record = self._idempotency.get(key)

@@ -29,6 +29,8 @@ __all__ = [
     "EventDecodeError",
     "FraudDecision",
     "FraudOutcome",
+    "OrphanChargeDetected",
+    "OrphanChargeResolved",
     "PaymentAuthorized",
     "PaymentCanceled",
     "PaymentCaptured",
@@ -229,6 +231,40 @@ class CommandRejected:
     command_type: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OrphanChargeDetected:
+    """Money found under an authorization key the payment gave up on (an orphan charge);
+    paystream is voiding (``action`` ``void``) or refunding (``refund``) it. The payment's own
+    status and totals are unchanged. Fields are named ``orphan_*`` so nobody mistakes them for
+    the payment's own gateway reference."""
+
+    AVRO_NAME: ClassVar[str] = "OrphanChargeDetected"
+
+    orphan_key: str  # the superseded idempotency key
+    orphan_gateway: str
+    orphan_gateway_ref: str
+    amount: int  # what the void releases or the refund returns
+    currency: str
+    action: str  # "void" | "refund"
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanChargeResolved:
+    """The end of an orphan charge: ``outcome`` ``voided`` or ``refunded`` (the gateway did it),
+    or ``failed`` (paystream gave up after repeated failures; a human must act)."""
+
+    AVRO_NAME: ClassVar[str] = "OrphanChargeResolved"
+
+    orphan_key: str
+    orphan_gateway: str
+    orphan_gateway_ref: str
+    amount: int
+    currency: str
+    action: str  # "void" | "refund"
+    outcome: str  # "voided" | "refunded" | "failed"
+    reason: str | None = None  # why it failed
+
+
 EventBody = (
     PaymentCreated
     | PaymentRequiresAction
@@ -246,6 +282,8 @@ EventBody = (
     | PaymentMethodRemoved
     | FraudDecision
     | CommandRejected
+    | OrphanChargeDetected
+    | OrphanChargeResolved
 )
 
 EVENT_TYPES: Final[dict[str, type[EventBody]]] = {
@@ -267,6 +305,8 @@ EVENT_TYPES: Final[dict[str, type[EventBody]]] = {
         PaymentMethodRemoved,
         FraudDecision,
         CommandRejected,
+        OrphanChargeDetected,
+        OrphanChargeResolved,
     )
 }
 
@@ -319,7 +359,9 @@ causation are progress (``PaymentCreated`` on acceptance, ``PaymentCaptured`` ju
 After ``PaymentOutcomeUnknown`` the command is finished; the later resolution (reconciler or
 webhook) is caused by that reconciliation or notification id, never by the command again.
 Likewise, progress after ``PaymentRequiresAction`` is caused by the gateway notification.
-``DisputeOpened`` and ``DisputeClosed`` never end a command.
+``DisputeOpened`` and ``DisputeClosed`` never end a command, nor do ``OrphanChargeDetected``
+and ``OrphanChargeResolved`` (caused by the reconciliation or gateway reply that found or
+settled the orphan charge, never by a command).
 
 ``FraudDecision`` is the one field-aware case (``is_terminal``): for a ``CreatePayment`` an
 active (``shadow=false``) ``review`` decision is terminal, like ``PaymentRequiresAction``: the

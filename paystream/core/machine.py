@@ -57,6 +57,8 @@ from paystream.core.events import (
     EventBody,
     FraudDecision,
     FraudOutcome,
+    OrphanChargeDetected,
+    OrphanChargeResolved,
     PaymentAuthorized,
     PaymentCanceled,
     PaymentCaptured,
@@ -74,6 +76,7 @@ from paystream.core.rejections import Rejection, RejectionReason
 __all__ = [
     "DEFAULT_GATEWAY",
     "MAX_GATEWAY_ATTEMPTS",
+    "MAX_ORPHAN_RELEASE_FAILURES",
     "MAX_SEEN_NOTIFICATIONS",
     "CallGateway",
     "Decision",
@@ -88,6 +91,8 @@ __all__ = [
     "Input",
     "Notification",
     "NotificationKind",
+    "OrphanCall",
+    "OrphanStatus",
     "PaymentState",
     "PaymentStatus",
     "PendingOperation",
@@ -101,6 +106,7 @@ __all__ = [
     "gateway_idempotency_key",
     "is_busy",
     "next_gateway",
+    "orphan_release_key",
     "pending_effect",
     "reconcile_effects",
     "superseded_call",
@@ -110,6 +116,9 @@ __all__ = [
 DEFAULT_GATEWAY: Final = "simulated"  # used when a CreatePayment reaches decide() unrouted
 MAX_GATEWAY_ATTEMPTS: Final = 3  # calls per operation when the gateway says "retry safely"
 MAX_SEEN_NOTIFICATIONS: Final = 64
+# Void/refund calls for one orphan charge that may fail (refused, or outcome unknown) before
+# paystream stops and alarms ("stuck"); calls not made at all (circuit open) do not count.
+MAX_ORPHAN_RELEASE_FAILURES: Final = 3
 DEFAULT_DECLINE_CODE: Final = "card_declined"
 FRAUD_DECLINE_CODE: Final = "fraud_suspected"
 PROCESSING_ERROR: Final = "processing_error"
@@ -191,6 +200,39 @@ class PendingOperation:
     outcome_unknown: bool = False
 
 
+class OrphanStatus(StrEnum):
+    """Where an abandoned authorization call stands (see ``OrphanCall``)."""
+
+    SUSPECTED = "suspected"  # given up after "nothing done, retry": the reconciler asks the gateway
+    CLEAR = "clear"  # the gateway holds no money under the key (or the call was never made)
+    RELEASING = "releasing"  # money found under the key: its void or refund is in flight
+    RECHECKING = "rechecking"  # a void/refund did not succeed: the reconciler looks again, then retries
+    RELEASED = "released"  # voided or refunded at the gateway
+    STUCK = "stuck"  # MAX_ORPHAN_RELEASE_FAILURES failed: alarmed, a human must act
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanCall:
+    """An authorization call the payment gave up on (its key is superseded by a later attempt).
+
+    A gateway that said "nothing done, retry" may have charged after all, and an executor that
+    redoes a call after a crash may reach the gateway after the payment moved on. Money held
+    under such a key is an *orphan charge*: nobody's. paystream voids (authorized) or refunds
+    (captured) it at ``gateway``, the payment's own status and totals never change for it.
+    """
+
+    idempotency_key: str  # the abandoned authorization's key
+    gateway: str  # where that call went (failover may have moved the payment since)
+    attempt: int
+    status: OrphanStatus
+    gateway_ref: str | None = None  # the orphan charge at the gateway, once found
+    amount: int = 0  # what the void releases or the refund returns
+    release: GatewayOperation | None = None  # CANCEL or REFUND, once money was found
+    release_key: str | None = None  # key of the latest void/refund call
+    releases: int = 0  # void/refund calls issued (the next call's key suffix)
+    failures: int = 0  # of those, how many did not release the money
+
+
 class FraudHoldStatus(StrEnum):
     CHECKING = "checking"  # the fraud check is out; commands of the payment queue meanwhile
     REVIEW = "review"  # a human decides (ReleasePayment / RejectPayment / CancelPayment)
@@ -233,6 +275,9 @@ class PaymentState:
     # Set while the fraud check holds the payment (checking, or in review); absent in records
     # written before fraud checks existed.
     fraud: FraudHold | None = None
+    # Authorization calls given up on (superseded keys) and what became of money under them;
+    # absent in records written before orphan charges were resolved.
+    orphans: tuple[OrphanCall, ...] = ()
 
     @property
     def pending_refunds(self) -> int:
@@ -409,6 +454,9 @@ class CallGateway:
     gateway_ref: str | None = None
     refund_id: str | None = None
     capture: bool = False  # authorize only: purchase (authorize and capture) in one call
+    # A void or refund of an orphan charge: the abandoned authorization's key (never the
+    # payment's own money; the sink records it as ``void_orphan`` / ``refund_orphan``).
+    orphan_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,7 +616,8 @@ def pending_effect(state: PaymentState) -> CallGateway | None:
 
 
 def reconcile_effects(state: PaymentState) -> tuple[CallGateway, ...]:
-    """Retrieve calls the reconciler makes for every operation whose outcome is unknown."""
+    """Retrieve calls the reconciler makes for every operation whose outcome is unknown, and
+    for every abandoned authorization that may hold an orphan charge."""
     keys: list[tuple[str, int, int, str | None]] = []
     op = state.pending
     if op is not None and op.outcome_unknown:
@@ -577,7 +626,7 @@ def reconcile_effects(state: PaymentState) -> tuple[CallGateway, ...]:
         # A pending refund not in the slot timed out (or the gateway said "pending").
         if record.status is RefundStatus.PENDING and (op is None or record.idempotency_key != op.idempotency_key):
             keys.append((record.idempotency_key, record.attempt, record.amount, record.refund_id))
-    return tuple(
+    own = tuple(
         CallGateway(
             operation=GatewayOperation.RETRIEVE,
             payment_id=state.payment_id,
@@ -591,6 +640,23 @@ def reconcile_effects(state: PaymentState) -> tuple[CallGateway, ...]:
         )
         for key, attempt, amount, refund_id in keys
     )
+    # Abandoned authorizations not yet known to hold no money, and orphan charges whose void or
+    # refund did not succeed: ask the gateway that got the call what it holds under the key.
+    checks = tuple(
+        CallGateway(
+            operation=GatewayOperation.RETRIEVE,
+            payment_id=state.payment_id,
+            gateway=o.gateway,
+            idempotency_key=o.idempotency_key,
+            attempt=o.attempt,
+            amount=o.amount or state.amount,
+            currency=state.currency,
+            gateway_ref=o.gateway_ref,
+        )
+        for o in state.orphans
+        if o.status in (OrphanStatus.SUSPECTED, OrphanStatus.RECHECKING)
+    )
+    return own + checks
 
 
 # --- Commands -------------------------------------------------------------------------------
@@ -814,6 +880,7 @@ class _Outcome:
     action_url: str | None = None
     message: str | None = None
     unavailable: bool = False
+    amount_refunded: int | None = None
 
 
 def _base(state: PaymentState, now: int, gateway_ref: str | None) -> PaymentState:
@@ -1009,6 +1076,8 @@ def _resolve(
         if reconciling:
             return _ignore(state, "outcome_still_unknown")
         if status is ReplyStatus.RETRYABLE_ERROR:
+            if op.operation is GatewayOperation.AUTHORIZE:
+                state = _abandon(state, op, made=not out.unavailable)
             return _retry_or_give_up(state, op, now, unavailable=out.unavailable)
         if status is ReplyStatus.PERMANENT_ERROR:
             return _gateway_refused(state, op, now, causation, out.message or "gateway_error")
@@ -1071,14 +1140,6 @@ def _resolve(
 def _on_reply(state: PaymentState | None, reply: GatewayReply, now: int) -> Decision:
     if state is None:
         return _ignore(state, "unknown_payment")
-    op = state.pending
-    if (
-        op is None
-        or op.outcome_unknown
-        or op.idempotency_key != reply.idempotency_key
-        or op.operation is not reply.operation
-    ):
-        return _ignore(state, "stale_reply")
     outcome = _Outcome(
         status=reply.status,
         gateway_ref=reply.gateway_ref,
@@ -1088,7 +1149,22 @@ def _on_reply(state: PaymentState | None, reply: GatewayReply, now: int) -> Deci
         action_url=reply.action_url,
         message=reply.message,
         unavailable=reply.unavailable and reply.status is ReplyStatus.RETRYABLE_ERROR,
+        amount_refunded=reply.amount_refunded,
     )
+    op = state.pending
+    if (
+        op is None
+        or op.outcome_unknown
+        or op.idempotency_key != reply.idempotency_key
+        or op.operation is not reply.operation
+    ):
+        releasing = next((o for o in state.orphans if o.status is OrphanStatus.RELEASING
+                          and o.release_key == reply.idempotency_key and o.release is reply.operation), None)
+        if releasing is not None:
+            return _on_release_reply(state, releasing, outcome, reply.idempotency_key)
+        if reply.operation is GatewayOperation.AUTHORIZE and (orphan := _orphan(state, reply.idempotency_key)):
+            return _on_orphan_evidence(state, orphan, outcome, reply.idempotency_key, reconciling=False)
+        return _ignore(state, "stale_reply")
     return _resolve(state, op, outcome, now, op.causation_id, reconciling=False)
 
 
@@ -1102,6 +1178,7 @@ def _on_reconcile(state: PaymentState | None, result: ReconcileResult, now: int)
         amount_captured=result.amount_captured,
         decline_code=result.decline_code,
         message=result.message,
+        amount_refunded=result.amount_refunded,
     )
     op = state.pending
     if op is not None and op.idempotency_key == result.idempotency_key:
@@ -1114,6 +1191,9 @@ def _on_reconcile(state: PaymentState | None, result: ReconcileResult, now: int)
         None,
     )
     if record is None:
+        orphan = _orphan(state, result.idempotency_key)
+        if orphan is not None:
+            return _on_orphan_evidence(state, orphan, outcome, result.reconciliation_id, reconciling=True)
         return _ignore(state, "nothing_to_reconcile")
     refund_op = PendingOperation(
         operation=GatewayOperation.REFUND,
@@ -1272,15 +1352,160 @@ def _on_notification(state: PaymentState | None, n: Notification, now: int) -> D
 
 
 def superseded_call(state: PaymentState | None, reply: GatewayReply) -> bool:
-    """Whether ``reply`` answers a payment (authorize or capture) call older than the payment's
-    latest one, i.e. made under a key the payment has since replaced (a new attempt, another
-    gateway). Money moved under such a key is nobody's (an orphan charge). A repeated reply to
-    the latest call (the executor is at-least-once) is not superseded: it is a duplicate.
+    """Whether ``reply`` answers an authorization the payment gave up on (its key was replaced
+    by a new attempt or another gateway): money moved under such a key is an orphan charge.
+
+    Only abandoned authorization keys (``PaymentState.orphans``) qualify. A repeated reply to a
+    call the payment did use is a duplicate, however far the payment has moved on since: the
+    ``attempts`` counter is shared by authorizations, captures and refunds, so "not the latest
+    attempt" is no test (it raised false alarms for redelivered replies of ``authorize-0``
+    after a refund or a capture had started, e.g. in rebalance runs).
     """
-    if state is None or reply.operation not in (GatewayOperation.AUTHORIZE, GatewayOperation.CAPTURE):
+    if state is None or reply.operation is not GatewayOperation.AUTHORIZE:
         return False
-    latest = state.attempts - 1
-    return latest < 0 or reply.idempotency_key != gateway_idempotency_key(state.payment_id, reply.operation, latest)
+    return _orphan(state, reply.idempotency_key) is not None
+
+
+# --- Orphan charges -------------------------------------------------------------------------
+
+_MONEY_HELD: Final = frozenset({ReplyStatus.AUTHORIZED, ReplyStatus.REQUIRES_ACTION, ReplyStatus.CAPTURED})
+_ORPHAN_DONE: Final = frozenset({OrphanStatus.RELEASING, OrphanStatus.RELEASED, OrphanStatus.STUCK})
+
+
+def orphan_release_key(orphan_key: str, operation: GatewayOperation, releases: int) -> str:
+    """Deterministic key of the ``releases``-th void (``<orphan key>-void``) or refund
+    (``<orphan key>-refund``) of an orphan charge; later ones get ``-<n>``. The same stale
+    reply or reconciliation, however often delivered, never makes a second call: the state
+    remembers the release, and a redone call under the same key is replayed by the gateway."""
+    suffix = "void" if operation is GatewayOperation.CANCEL else "refund"
+    tail = f"{suffix}-{releases}" if releases else suffix
+    key = f"{orphan_key}-{tail}"
+    if len(key) > _MAX_KEY_LENGTH:
+        key = f"ps-{_digest(orphan_key)}-{tail}"
+    return key
+
+
+def _orphan(state: PaymentState, key: str) -> OrphanCall | None:
+    return next((o for o in state.orphans if o.idempotency_key == key), None)
+
+
+def _with_orphan(state: PaymentState, orphan: OrphanCall) -> PaymentState:
+    """``state`` with ``orphan`` updated: nothing else changes (not even ``updated_at``)."""
+    orphans = tuple(orphan if o.idempotency_key == orphan.idempotency_key else o for o in state.orphans)
+    return replace(state, orphans=orphans)
+
+
+def _abandon(state: PaymentState, op: PendingOperation, *, made: bool) -> PaymentState:
+    """Remember an authorization given up on after "nothing done, retry". If the call was made
+    the gateway is asked (the reconciler) whether it charged after all; a call never made
+    (circuit open, switched off) holds nothing now, but a redone call may still charge later."""
+    if _orphan(state, op.idempotency_key) is not None:
+        return state
+    orphan = OrphanCall(idempotency_key=op.idempotency_key, gateway=state.gateway, attempt=op.attempt,
+                        status=OrphanStatus.SUSPECTED if made else OrphanStatus.CLEAR)
+    return replace(state, orphans=(*state.orphans, orphan))
+
+
+def _orphan_event_fields(state: PaymentState, orphan: OrphanCall) -> dict[str, object]:
+    return {
+        "orphan_key": orphan.idempotency_key,
+        "orphan_gateway": orphan.gateway,
+        "orphan_gateway_ref": orphan.gateway_ref or "",
+        "amount": orphan.amount,
+        "currency": state.currency,
+        "action": "void" if orphan.release is GatewayOperation.CANCEL else "refund",
+    }
+
+
+def _orphan_resolved(state: PaymentState, orphan: OrphanCall, causation: str, *, released: bool,
+                     reason: str | None = None) -> Decision:
+    done = replace(orphan, status=OrphanStatus.RELEASED if released else OrphanStatus.STUCK)
+    fields = _orphan_event_fields(state, done)
+    outcome = ("voided" if done.release is GatewayOperation.CANCEL else "refunded") if released else "failed"
+    event = OrphanChargeResolved(**fields, outcome=outcome, reason=None if released else (reason or "release_failed"))  # type: ignore[arg-type]
+    return Decision(_with_orphan(state, done), (event,), causation_id=causation)
+
+
+def _on_orphan_evidence(state: PaymentState, orphan: OrphanCall, out: _Outcome, causation: str, *,
+                        reconciling: bool) -> Decision:
+    """What the gateway holds under an abandoned authorization key (a stale reply to it, or the
+    reconciler's lookup). Money there is voided (authorized, or a 3-D Secure not finished) or
+    refunded in full (captured, less what is already refunded). The payment's own state never
+    changes: its current attempt stays authoritative, whatever its status (a failed payment's
+    orphan is voided too: nobody keeps money for a payment that failed)."""
+    status = out.status
+    if orphan.status in _ORPHAN_DONE:
+        return _ignore(state, "orphan_already_handled")
+    rechecking = orphan.status is OrphanStatus.RECHECKING
+    ref = out.gateway_ref or orphan.gateway_ref
+    operation: GatewayOperation | None = None
+    amount = 0
+    if status in (ReplyStatus.AUTHORIZED, ReplyStatus.REQUIRES_ACTION):
+        operation = GatewayOperation.CANCEL
+        amount = _positive(out.amount_authorized) or orphan.amount or state.amount
+    elif status is ReplyStatus.CAPTURED:
+        captured = _positive(out.amount_captured) or orphan.amount or state.amount
+        amount = captured - (_positive(out.amount_refunded) or 0)
+        operation = GatewayOperation.REFUND if amount > 0 else None
+        if operation is None:
+            status = ReplyStatus.REFUNDED  # captured and refunded in full already
+    if operation is not None:
+        if ref is None:
+            return _ignore(state, "orphan_without_reference")
+        return _release_orphan(state, orphan, operation, amount, ref, causation, detected=not rechecking)
+    if not reconciling:
+        return _ignore(state, "stale_reply")  # a stale decline or error says nothing new
+    if status in (ReplyStatus.CANCELED, ReplyStatus.REFUNDED) and rechecking:
+        return _orphan_resolved(state, orphan, causation, released=True)
+    if status in (ReplyStatus.CANCELED, ReplyStatus.REFUNDED, ReplyStatus.DECLINED, ReplyStatus.NOT_FOUND) \
+            and orphan.status is OrphanStatus.SUSPECTED:
+        return Decision(_with_orphan(state, replace(orphan, status=OrphanStatus.CLEAR)), causation_id=causation)
+    return _ignore(state, "outcome_still_unknown")
+
+
+def _release_orphan(state: PaymentState, orphan: OrphanCall, operation: GatewayOperation, amount: int, ref: str,
+                    causation: str, *, detected: bool) -> Decision:
+    """Void or refund the orphan charge at the gateway that holds it (a new key per call)."""
+    key = orphan_release_key(orphan.idempotency_key, operation, orphan.releases)
+    updated = replace(orphan, status=OrphanStatus.RELEASING, gateway_ref=ref, amount=amount, release=operation,
+                      release_key=key, releases=orphan.releases + 1)
+    call = CallGateway(
+        operation=operation,
+        payment_id=state.payment_id,
+        gateway=orphan.gateway,
+        idempotency_key=key,
+        attempt=orphan.attempt,
+        amount=amount,
+        currency=state.currency,
+        gateway_ref=ref,
+        refund_id=f"orphan_{orphan.attempt}_{orphan.releases}" if operation is GatewayOperation.REFUND else None,
+        orphan_of=orphan.idempotency_key,
+    )
+    events: tuple[EventBody, ...] = ()
+    if detected:
+        events = (OrphanChargeDetected(**_orphan_event_fields(state, updated)),)  # type: ignore[arg-type]
+    return Decision(_with_orphan(state, updated), events, (call,), causation_id=causation)
+
+
+def _on_release_reply(state: PaymentState, orphan: OrphanCall, out: _Outcome, causation: str) -> Decision:
+    """The answer to an orphan's void or refund. Success ends it; a call not made (circuit
+    open) is simply checked and made again; anything else counts as a failure, and after
+    ``MAX_ORPHAN_RELEASE_FAILURES`` paystream gives up (``failed``: alarm, a human acts).
+    Before every new try the reconciler looks at the charge again (an unknown outcome may well
+    have released it), so a retry never voids or refunds twice."""
+    wanted = ReplyStatus.CANCELED if orphan.release is GatewayOperation.CANCEL else ReplyStatus.REFUNDED
+    if out.status is wanted:
+        return _orphan_resolved(state, orphan, causation, released=True)
+    if out.status is ReplyStatus.RETRYABLE_ERROR and out.unavailable:
+        again = replace(orphan, status=OrphanStatus.RECHECKING)
+        return Decision(_with_orphan(state, again), causation_id=causation)
+    failures = orphan.failures + 1
+    if failures >= MAX_ORPHAN_RELEASE_FAILURES:
+        reason = out.message or out.decline_code or out.status.value
+        return _orphan_resolved(state, replace(orphan, failures=failures), causation, released=False,
+                                reason=reason[:200])
+    again = replace(orphan, status=OrphanStatus.RECHECKING, failures=failures)
+    return Decision(_with_orphan(state, again), causation_id=causation)
 
 
 # --- Entry point ----------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from paystream.core.events import (
     EventDecodeError,
     FraudDecision,
     FraudOutcome,
+    OrphanChargeDetected,
+    OrphanChargeResolved,
     PaymentAuthorized,
     PaymentCanceled,
     PaymentCaptured,
@@ -66,6 +68,10 @@ BODIES: list[EventBody] = [
     PaymentMethodRemoved("cus_1"),
     FraudDecision(FraudOutcome.REVIEW, ("velocity", "geo"), shadow=True),
     CommandRejected("refund_exceeds_captured", "amount exceeds what is left", "RefundPayment"),
+    OrphanChargeDetected("ps-pay_1-authorize-0", "simulated", "simpay_1", 1234, "USD", "refund"),
+    OrphanChargeResolved("ps-pay_1-authorize-0", "simulated", "simpay_1", 1234, "USD", "refund", "refunded"),
+    OrphanChargeResolved("ps-pay_1-authorize-0", "simulated", "simpay_1", 1234, "USD", "void", "failed",
+                         "payment_unexpected_state"),
 ]
 
 # Same field names in the avsc: a reader must ask for record names to tell them apart.

@@ -163,6 +163,29 @@ def test_flaky_token_refuses_n_times_per_key_without_storing_then_approves_once(
     assert _authorize(engine, token="tok_flaky_2", key="k-other").status_code == 503
 
 
+def test_5xx_after_charge_token_charges_answers_500_and_the_lookup_shows_the_charge() -> None:
+    engine = SimulatedGatewayEngine()
+    first = _authorize(engine, token="tok_5xx_after_charge_1", key="ps-pay_1-authorize-0")
+    assert (first.status_code, first.should_retry) == (500, True)  # "nothing was charged": a lie
+    [orphan] = engine.ledger()
+    assert (orphan.status, orphan.amount_captured, orphan.was_authorized) == ("succeeded", 10_000, True)
+    replay = _authorize(engine, token="tok_5xx_after_charge_1", key="ps-pay_1-authorize-0")
+    assert (replay.status_code, replay.replayed) == (500, True) and len(engine.ledger()) == 1
+    lookup = engine.lookup("ps-pay_1-authorize-0")
+    payment = lookup.body["payment"]
+    assert isinstance(payment, dict) and payment["id"] == orphan.gateway_ref and payment["status"] == "succeeded"
+    # n = 1: the payment's next key is approved normally (a second charge: the orphan case).
+    second = _authorize(engine, token="tok_5xx_after_charge_1", key="ps-pay_1-authorize-1")
+    assert second.status_code == 200 and _ref(second) != orphan.gateway_ref
+    assert len(engine.duplicate_charges()["pay_1"]) == 2
+    # Counted per payment: another payment's first key lies again; without n, every key does.
+    assert _authorize(engine, token="tok_5xx_after_charge_1", key="k-p2", payment_id="pay_2").status_code == 500
+    for n in range(3):
+        lied = _authorize(engine, token="tok_5xx_after_charge", key=f"k-p3-{n}", payment_id="pay_3")
+        assert lied.status_code == 500
+    assert len(engine.charges_for_payment("pay_3")) == 3
+
+
 def test_slow_token_approves_with_extra_delay() -> None:
     engine = SimulatedGatewayEngine(SimulatorConfig(slow_ms=750))
     response = _authorize(engine, token="tok_slow")

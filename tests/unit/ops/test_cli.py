@@ -49,12 +49,28 @@ def run(*args: str, **env: str) -> Any:
 def test_the_command_tree_is_complete() -> None:
     """The commands README.md lists (so a removed one is noticed here, not by a user)."""
     expected = {("stack", "up"), ("stack", "down"), ("stack", "status"), ("worker",), ("sink",), ("config",),
-                ("customers", "sink"), ("customers", "erase"), ("audit", "sink"), ("audit", "verify"),
+                ("customers", "sink"), ("customers", "erase"), ("keys", "reencrypt"), ("audit", "sink"),
+                ("audit", "verify"),
                 ("db", "migrate"), ("db", "rebuild"), ("schemas", "register"), ("schemas", "check"),
                 ("schemas", "docs"), ("send", "create"), ("send", "capture"), ("send", "cancel"), ("send", "refund"),
                 ("send", "release"), ("send", "reject"), ("fraud", "block"), ("fraud", "unblock"), ("status",),
                 ("tail",), ("demo",)}
     assert set(LEAVES) == expected
+
+
+def test_keys_reencrypt_needs_keys_and_a_positive_batch_size(tmp_path: Path) -> None:
+    """Refused before touching Postgres or Kafka: no key configured, an unreadable key, a bad batch size."""
+    none = run("keys", "reencrypt")
+    assert none.exit_code == 1 and "no encryption keys configured" in none.output
+    bad = tmp_path / "keys"
+    bad.write_text("k1:not-base64!\n")
+    get_settings.cache_clear()  # the settings are read once per process
+    broken = run("keys", "reencrypt", PAYSTREAM_ENCRYPTION_KEYS_FILE=str(bad))
+    assert broken.exit_code == 1 and "encryption keys: key 'k1': not base64" in broken.output
+    assert "not-base64" not in broken.output.replace("key 'k1': not base64", "")
+    get_settings.cache_clear()
+    zero = run("keys", "reencrypt", "--batch-size", "0", PAYSTREAM_ENCRYPTION_KEYS="k1:" + "A" * 43 + "=")
+    assert zero.exit_code == 2 and "--batch-size must be at least 1" in zero.output
 
 
 def test_top_level_help_lists_every_command() -> None:

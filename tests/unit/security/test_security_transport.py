@@ -31,7 +31,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def test_plaintext_is_the_default_and_a_bare_bootstrap_is_plaintext() -> None:
+def test_plaintext_is_the_default_and_a_bare_bootstrap_is_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAYSTREAM_KAFKA_BOOTSTRAP", raising=False)  # an isolated stack's address in the env
     assert as_kafka("h:9092").librdkafka() == {"bootstrap.servers": "h:9092", "security.protocol": "plaintext"}
     assert as_kafka("h:9092").aiokafka() == {"bootstrap_servers": "h:9092", "security_protocol": "PLAINTEXT"}
     assert as_kafka("h:9092").faust_credentials() is None
