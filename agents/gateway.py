@@ -346,7 +346,13 @@ class GatewayExecutor:
         from collections import deque
 
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-        from aiokafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
+        from aiokafka.errors import (
+            CommitFailedError,
+            IllegalGenerationError,
+            IllegalStateError,
+            KafkaError,
+            RebalanceInProgressError,
+        )
         from aiokafka.structs import OffsetAndMetadata
 
         from tables import codec
@@ -388,14 +394,18 @@ class GatewayExecutor:
                     last = offset
                 if last is not None:
                     offsets[tp] = OffsetAndMetadata(last + 1, "")
+            owned = consumer.assignment()
+            # A partition revoked since its calls were fetched is another worker's now: its
+            # offsets are not ours to commit (aiokafka raises IllegalStateError for them, which
+            # stopped the worker in a chaos rebalance run).
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
             if offsets:
                 try:
                     await consumer.commit(offsets)
-                except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError) as exc:
+                except (CommitFailedError, IllegalGenerationError, IllegalStateError, RebalanceInProgressError) as exc:
                     # The group rebalanced: these partitions may belong to another worker now,
                     # which redoes their uncommitted calls (the gateway replays them by key).
                     log.warning("gateway executor commit skipped after a rebalance: %s", type(exc).__name__)
-            owned = consumer.assignment()
             for tp in [tp for tp in window if tp not in owned]:
                 window.pop(tp)  # revoked: its answers still go out, its offsets are not ours
 

@@ -34,6 +34,7 @@ from agents.processor import (
     PaymentProcessor,
     PaymentRecord,
     method_aad,
+    needs_watch,
     notification_input,
     unseal_call,
     verdict_input,
@@ -437,20 +438,37 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         msg = af.verdict_message(verdict)
         await send(None, verdicts_topic_name, msg.key, msg.value, msg.partition)
 
+    full_scan_every = 12  # ticks: the whole table once a minute, the watched payments every 5 s
+    ticks = 0
+
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def reconciler() -> None:
         """Ask the gateway about every unknown outcome on this worker's partitions (and, with
-        fraud checks on, time out checks that have not answered)."""
+        fraud checks on, time out checks that have not answered).
+
+        Decoding every payment of the table each tick cost CPU in proportion to the table (a
+        million payments: minutes per tick), so a tick reads only the payments this process
+        saved in a state that needs it (``processor.watched``); once a minute a full scan
+        finds the ones recovered from the changelog after a restart or a rebalance.
+        """
+        nonlocal ticks
         now = now_ms()
+        full = ticks % full_scan_every == 0
+        ticks += 1
+        keys = list(payments_table.keys()) if full else list(processor.watched)
         pending, oldest = 0, 0.0
         held: set[str] = set()
-        for _key, value in list(payments_table.items()):
+        for key in keys:
+            value = payments_table.get(key)
             record = PaymentRecord.from_json(value)
             st = record.state
+            if not needs_watch(st):
+                processor.watched.discard(key)
+                continue
+            assert st is not None
+            processor.watched.add(key)
             # Unknown outcomes: the payment's own call, and refunds left pending by a call whose
             # outcome is unknown (those free the payment's slot, so `pending` may be None).
-            if st is None:
-                continue
             if s.fraud_enabled and st.fraud is not None:
                 held.add(st.payment_id)
                 await fraud_timeout(record, now)

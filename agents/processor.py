@@ -36,6 +36,7 @@ from paystream.core.machine import (
     RequestFraudCheck,
     decide,
     is_busy,
+    reconcile_effects,
     totals,
 )
 from paystream.core.methods import (
@@ -150,6 +151,12 @@ class PaymentRecord:
                    partition=value.get("partition", 0))
 
 
+def needs_watch(state: PaymentState | None) -> bool:
+    """Whether the reconciler has something to do for this state: an operation whose outcome
+    is unknown (``reconcile_effects``) or a payment held by a fraud check."""
+    return state is not None and (state.fraud is not None or bool(reconcile_effects(state)))
+
+
 def note_orphans(payment_id: str, decision: Decision) -> None:
     """Orphan charges found and settled: counted, and logged (an error when paystream gave up)."""
     for body in decision.events:
@@ -193,6 +200,10 @@ class PaymentProcessor:
         self.router = router
         # New payments wait for the fraud check's verdict before their authorization.
         self.fraud_enabled = fraud_enabled
+        # Payment ids saved by this process whose state the reconciler must look at (an outcome
+        # unknown, a fraud hold): its timer reads these instead of decoding the whole table
+        # every tick. Entries recovered from the changelog are found by its periodic full scan.
+        self.watched: set[str] = set()
 
     # ---------------------------------------------------------------- records
 
@@ -203,6 +214,10 @@ class PaymentProcessor:
 
     def save(self, payment_id: str, record: PaymentRecord) -> None:
         self.payments[payment_id] = record.to_json()
+        if needs_watch(record.state):
+            self.watched.add(payment_id)
+        else:
+            self.watched.discard(payment_id)
 
     def _emit(self, record: PaymentRecord, payment_id: str, decision: Decision, now: int, out: Output,
               extra: tuple[evs.EventBody, ...] = ()) -> None:

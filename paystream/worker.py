@@ -151,6 +151,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     prepare(settings)
     app, _ = build_app(settings)
     sys.argv = use_json_logging(app, loglevel)
+    # faust runs its Kafka consumer in a thread of its own. At CPython's default 5 ms switch
+    # interval, each socket write of the event loop thread (which releases the GIL) waited up
+    # to 5 ms to get the GIL back from that thread: py-spy saw the worker "in" socket writes a
+    # fifth of the time while it held the GIL less than half of it. Throughput about doubled.
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
     log.info("starting worker %s: web %s:%d, %d partitions, %s", settings.app_id, settings.web_host,
              settings.web_port, settings.partitions, settings.processing_guarantee)
     app.main()

@@ -1,18 +1,20 @@
-"""The Avro wire format: Confluent framing (magic byte, schema id) via confluent-kafka's
-serializers over fastavro, against the schema registry. ``avro/*.avsc`` is the one source
+"""The Avro wire format: Confluent framing (magic byte, schema id) and fastavro, against the
+schema registry (confluent-kafka's client). ``avro/*.avsc`` is the one source
 of message shapes; this module registers them and never lets a client auto-register."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import struct
 from collections.abc import Mapping
 from typing import Any
 
+import fastavro
 import httpx
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streams.topics import AVRO_TOPICS, AvroTopic
 
@@ -75,40 +77,89 @@ def check_compatibility(client: SchemaRegistryClient) -> dict[str, bool]:
     return result
 
 
+WIRE_MAGIC = 0
+_HEADER = struct.Struct(">bI")  # magic byte, schema id (big-endian): the Confluent wire format
+
+
 class AvroCodec:
-    """Encode and decode one topic's values in the Confluent wire format."""
+    """Encode and decode one topic's values in the Confluent wire format.
+
+    fastavro directly, with every schema parsed once: confluent-kafka's AvroSerializer and
+    AvroDeserializer deep-copied and expanded the reader schema and ran the (empty) rule
+    machinery on every message, a tenth of a worker's CPU per payment (py-spy, 2026-11-26).
+    The registry is asked once per schema id (our own id on the first encode, each writer's id
+    on its first decode); the confluent client caches its answers too.
+    """
 
     def __init__(self, client: SchemaRegistryClient, topic: AvroTopic) -> None:
         self.topic = topic
-        schema = topic.schema_text()
-        self._ser = AvroSerializer(
-            client,
-            schema,
-            conf={"auto.register.schemas": False, "normalize.schemas": False},
-        )
-        # Reading with our own schema resolves older writers' records to the current shape;
-        # return_record_name: unions of records come back as (full name, dict) pairs.
-        self._de = AvroDeserializer(client, schema, return_record_name=True)
-        self._ctx = SerializationContext(topic.topic, MessageField.VALUE)
+        self._client = client
+        self._text = topic.schema_text()
+        self._reader = fastavro.parse_schema(json.loads(self._text))
+        self._prefix: bytes | None = None  # magic byte + our schema id, once looked up
+        self._own_id: int | None = None
+        self._writers: dict[int, Any] = {}  # schema id -> parsed writer schema
+
+    def _own_prefix(self) -> bytes:
+        if self._prefix is None:
+            try:
+                registered = self._client.lookup_schema(self.topic.subject, Schema(self._text, "AVRO"))
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:  # never auto-register: `paystream schemas register` does
+                    raise ValueError(f"schema of {self.topic.topic} is not registered under "
+                                     f"{self.topic.subject}") from None
+                raise RegistryUnavailable(str(exc)) from exc
+            except (OSError, httpx.TransportError) as exc:
+                raise RegistryUnavailable(str(exc)) from exc
+            self._own_id = registered.schema_id
+            self._prefix = _HEADER.pack(WIRE_MAGIC, registered.schema_id)
+        return self._prefix
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
-        out: bytes | None = self._ser(record, self._ctx)
-        assert out is not None
-        return out
+        prefix = self._own_prefix()
+        out = io.BytesIO()
+        out.write(prefix)
+        fastavro.schemaless_writer(out, self._reader, record)
+        return out.getvalue()
+
+    def _writer(self, schema_id: int) -> Any:
+        writer = self._writers.get(schema_id)
+        if writer is None:
+            try:
+                schema = self._client.get_schema(schema_id)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code in (404, 422):  # unknown schema id: poison
+                    raise DecodeError(f"unknown schema id ({exc.error_message})") from None
+                raise RegistryUnavailable(str(exc)) from exc
+            except (OSError, httpx.TransportError) as exc:
+                raise RegistryUnavailable(str(exc)) from exc
+            if schema.schema_type not in (None, "AVRO"):
+                raise DecodeError(f"schema id {schema_id} is not an Avro schema")
+            try:
+                writer = fastavro.parse_schema(json.loads(schema.schema_str or ""))
+            except Exception as exc:
+                raise DecodeError(f"schema id {schema_id} does not parse: {type(exc).__name__}") from None
+            self._writers[schema_id] = writer
+        return writer
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         if not data:
             raise DecodeError("empty message")
-        if data[0] != 0 or len(data) < 6:
+        if data[0] != WIRE_MAGIC or len(data) < _HEADER.size:
             raise DecodeError("not in the Confluent Avro wire format (magic byte)")
+        _, schema_id = _HEADER.unpack_from(data)
+        if self._own_id is None:
+            with contextlib.suppress(ValueError):  # not registered: every id is a foreign writer
+                self._own_prefix()
+        if schema_id == self._own_id:
+            writer, reader = self._reader, None  # written with our schema: no resolution needed
+        else:
+            # Reading with our own schema resolves older writers' records to the current shape.
+            writer, reader = self._writer(schema_id), self._reader
         try:
-            value = self._de(data, self._ctx)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code in (404, 422):  # unknown schema id: poison
-                raise DecodeError(f"unknown schema id ({exc.error_message})") from None
-            raise RegistryUnavailable(str(exc)) from exc
-        except (OSError, httpx.TransportError) as exc:
-            raise RegistryUnavailable(str(exc)) from exc
+            # return_record_name: unions of records come back as (full name, dict) pairs.
+            value = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size:]), writer, reader,
+                                               return_record_name=True)
         except Exception as exc:  # truncated or corrupt Avro, a schema of another topic
             raise DecodeError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
         if not isinstance(value, dict):

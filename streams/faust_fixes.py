@@ -10,9 +10,11 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
+from faust import worker as faust_worker
 from faust.tables import base as faust_tables
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
+from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.futures import notify
@@ -64,37 +66,82 @@ def commit_lock(app: Any) -> asyncio.Lock:
     return lock
 
 
-def pending_changelog_writes(app: Any) -> set[asyncio.Future[Any]]:
-    """Table changelog writes not yet delivered to the broker."""
-    pending: set[asyncio.Future[Any]] | None = getattr(app, "_paystream_pending_changelog", None)
+def begin_input(app: Any) -> None:
+    """The agent starts applying an input (under ``commit_lock``)."""
+    app._paystream_input_open = True
+
+
+def end_input(app: Any) -> None:
+    """The input was applied and acknowledged as a whole, or abandoned with its partition."""
+    app._paystream_input_open = False
+
+
+def input_interrupted(app: Any) -> bool:
+    """Whether an input was left half-applied: begun, and neither finished nor abandoned."""
+    return bool(getattr(app, "_paystream_input_open", False))
+
+
+def pending_changelog_writes(app: Any) -> set[Any]:
+    """Table changelog writes not yet handed to the transactional producer."""
+    pending: set[Any] | None = getattr(app, "_paystream_pending_changelog", None)
     if pending is None:
         pending = set()
         app._paystream_pending_changelog = pending
     return pending
 
 
+def _handed_over(app: Any) -> asyncio.Event:
+    """Set whenever no changelog write is waiting in faust's producer buffer."""
+    event: asyncio.Event | None = getattr(app, "_paystream_changelog_handed", None)
+    if event is None:
+        event = asyncio.Event()
+        event.set()
+        app._paystream_changelog_handed = event
+    return event
+
+
 _original_send_changelog = faust_tables.Collection.send_changelog
 _original_commit_offsets = faust_consumer.Consumer._commit_offsets
+_original_send_pending = faust_producer.ProducerBuffer._send_pending
 
 
 def _send_changelog_tracked(self: Any, partition: int | None, key: Any, value: Any,
                             key_serializer: Any = None, value_serializer: Any = None) -> Any:
     fut = _original_send_changelog(self, partition, key, value, key_serializer, value_serializer)
-    pending = pending_changelog_writes(self.app)
-    pending.add(fut)
-    fut.add_done_callback(pending.discard)
+    pending_changelog_writes(self.app).add(fut)
+    _handed_over(self.app).clear()
     return fut
 
 
-async def wait_for_changelog_writes(app: Any, timeout: float = CHANGELOG_DELIVERY_TIMEOUT_S) -> None:
-    """Until every table write made so far is delivered (so it is in the open transaction)."""
-    pending = list(pending_changelog_writes(app))
-    if not pending:
+async def _send_pending_tracked(self: Any, fut: Any) -> None:
+    """faust's producer buffer hands one message to the producer; a tracked changelog write
+    is in the producer's open transaction once this returned (aiokafka appends it to the
+    transaction's batches, and delivers every appended batch before it commits)."""
+    await _original_send_pending(self, fut)
+    app = self.app
+    if app is None:
         return
-    _, not_done = await asyncio.wait(pending, timeout=timeout)
-    if not_done:
-        raise RuntimeError(f"{len(not_done)} table changelog write(s) not delivered in {timeout:.0f}s: "
-                           "refusing to commit a transaction without them")
+    pending = pending_changelog_writes(app)
+    if fut in pending:
+        pending.discard(fut)
+        if not pending:
+            _handed_over(app).set()
+
+
+async def wait_for_changelog_writes(app: Any, timeout: float = CHANGELOG_DELIVERY_TIMEOUT_S) -> None:
+    """Until every table write made so far is in the open transaction.
+
+    Waiting for the broker to acknowledge each write (session 2) made every commit wait for a
+    produce round trip plus the linger with every input blocked; handing them over is enough,
+    because aiokafka delivers every record appended to a transaction before it sends EndTxn.
+    """
+    if not pending_changelog_writes(app):
+        return
+    try:
+        await asyncio.wait_for(_handed_over(app).wait(), timeout)
+    except TimeoutError:
+        raise RuntimeError(f"{len(pending_changelog_writes(app))} table changelog write(s) not handed to the "
+                           f"producer in {timeout:.0f}s: refusing to commit a transaction without them") from None
 
 
 async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
@@ -102,9 +149,56 @@ async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
     """Commit a transaction only between two inputs, with their table writes inside it."""
     if not self.in_transaction:
         return await _original_commit_offsets(self, offsets, start_new_transaction)
+    from paystream import metrics
+
     async with commit_lock(self.app):
-        await wait_for_changelog_writes(self.app)
-        return await _original_commit_offsets(self, offsets, start_new_transaction)
+        if input_interrupted(self.app):
+            # An input stopped half-way (the agent was cancelled by a crash or a stop in the
+            # middle of it): part of its events, table writes or acks are in the open
+            # transactions. Committing them published events whose table state was lost (chaos
+            # rebalance run: a capture applied twice, sequences 1,2,3,2,3). Never commit them:
+            # the partitions' next owner fences these transactions (aborting them) and applies
+            # the input again from the last commit.
+            if self.app.should_stop or getattr(self.app, "crashed", False):
+                log.error("not committing on the way out: an input was interrupted half-way")
+                return False
+            raise RuntimeError("an input was interrupted half-way: refusing to commit; the worker must restart "
+                               "from its last commit")
+        with metrics.COMMIT_SECONDS.labels("changelog").time():
+            await wait_for_changelog_writes(self.app)
+        with metrics.COMMIT_SECONDS.labels("transactions").time():
+            return await _original_commit_offsets(self, offsets, start_new_transaction)
+
+
+# --- Exactly-once: the partitions' transactions commit together ---------------------------------
+#
+# Observed (py-spy --gil on a benchmark worker, 2026-11-26: the worker held the GIL less than half
+# of the time while a backlog waited): faust commits the transaction of each partition one after
+# the other, each AddOffsetsToTxn + TxnOffsetCommit + EndTxn round trips, so a commit cost a dozen
+# broker round trips with every input waiting (the commit lock). Each partition has its own
+# transactional producer and lock, so their commits are independent: run them concurrently.
+
+
+async def _commit_transactions_concurrently(self: Any, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+                                            group_id: str, start_new_transaction: bool = True) -> None:
+    async def commit_one(transactional_id: str, offsets: Mapping[TP, int]) -> None:
+        async with self._trn_locks[transactional_id]:
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is None:
+                log.warning("commit invoked for unknown transaction %s", transactional_id)
+                return
+            await producer.send_offsets_to_transaction(offsets, group_id)
+            await producer.commit_transaction()
+            if start_new_transaction:
+                await producer.begin_transaction()
+
+    results = await asyncio.gather(*(commit_one(tid, offsets) for tid, offsets in tid_to_offset_map.items()),
+                                   return_exceptions=True)
+    # Every partition's commit ran to its end; then the first failure surfaces as faust expects
+    # (a fenced producer or a failed commit stops the worker, whose partitions start over).
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 # --- No input acknowledged unless it was applied --------------------------------------------
@@ -157,6 +251,20 @@ def _ack_applied_only(self: Any, message: Any) -> bool:
     return _original_ack(self, message)
 
 
+# --- Logging: no terminal spinner under the root logger ----------------------------------------
+#
+# Observed (py-spy on a benchmark worker run with ``--loglevel warn``, 2026-11-26): 20 % of the
+# worker's CPU went into creating, redacting and discarding DEBUG records of aiokafka (a
+# Logger.debug per produce request and response). At WARN and above faust's Worker installs a
+# terminal progress spinner as a handler of the root logger and sets the root logger to DEBUG,
+# so that every record spins it; our JSON handler drops them, but only after each was built.
+# A worker's output is JSON lines for a log collector, not a terminal: no spinner.
+
+
+def _no_spinner_handler(self: Any, logger: logging.Logger, level: int) -> None:
+    self.spinner = None
+
+
 # --- Recovery never seeks to a negative offset -------------------------------------------------
 #
 # Observed (tests/integration/test_fraud_workers.py, two fraud-enabled workers started together):
@@ -186,7 +294,10 @@ def apply() -> None:
         return
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_list_offsets  # type: ignore[method-assign]
     faust_tables.Collection.send_changelog = _send_changelog_tracked  # type: ignore[method-assign]
+    faust_producer.ProducerBuffer._send_pending = _send_pending_tracked  # type: ignore[method-assign]
     faust_consumer.Consumer._commit_offsets = _commit_offsets_between_inputs  # type: ignore[method-assign]
     faust_consumer.Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
+    faust_worker.Worker._setup_spinner_handler = _no_spinner_handler  # type: ignore[method-assign]
+    faust_aiokafka.Producer.commit_transactions = _commit_transactions_concurrently  # type: ignore[method-assign]
     faust_recovery.Recovery._seek_offsets = _seek_offsets_not_negative  # type: ignore[method-assign]
     _APPLIED = True

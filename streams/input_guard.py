@@ -211,14 +211,17 @@ class InputGuard:
                 if not self.owned(event):
                     metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
                     continue
+                faust_fixes.begin_input(self.app)  # left open if this input stops half-way: see faust_fixes
                 try:
                     await self.apply(event)
                 except PartitionLost as lost:
+                    faust_fixes.end_input(self.app)  # its transaction is closed: nothing of it commits
                     metrics.REVOKED_SKIPPED.inc()
                     log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner",
                                 lost)
                     continue
                 await stream.ack(event)
+                faust_fixes.end_input(self.app)
 
     def on_refused(self, message: Any) -> None:
         metrics.ACK_REFUSED.labels(message.topic).inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -45,7 +46,9 @@ def _encode_value(value: object, name: str, owner: type) -> object:
     return value
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    # Resolving string annotations costs more than the rest of a decode: once per class.
     return typing.get_type_hints(cls)
 
 

@@ -41,6 +41,7 @@ _MAX_PAN_DIGITS: Final = 19
 # Digit groups joined by exactly one space or dash, not touching further digits.
 _DIGIT_RUN: Final = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
 _GROUP: Final = re.compile(r"\d+")
+_DROP_ASCII_DIGITS: Final = str.maketrans("", "", "0123456789")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX_ID: Final = re.compile(r"[0-9a-fA-F]{20,}")
 _MIN_HEX_ID: Final = 20
@@ -90,6 +91,8 @@ def _inside_identifier(text: str, span: tuple[int, int], identifiers: list[tuple
 def find_pan_spans(text: str) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of PAN-like runs in ``text``, left to right."""
     spans: list[tuple[int, int]] = []
+    if len(text) - len(text.translate(_DROP_ASCII_DIGITS)) < _MIN_PAN_DIGITS:
+        return spans  # fewer ASCII digits than the shortest PAN (most fields): nothing to look for
     identifiers = _identifier_spans(text) if len(text) >= _MIN_HEX_ID else []
     for run in _DIGIT_RUN.finditer(text):
         if identifiers and _inside_identifier(text, run.span(), identifiers):

@@ -78,10 +78,16 @@ def test_a_commit_waits_for_the_input_in_hand_and_its_table_writes(monkeypatch: 
             order.append("commit")
             return True
 
+        async def original_send_pending(self: Any, fut: Any) -> None:
+            order.append("write handed to the producer")
+
+        write = object()  # faust's FutureMessage of a table write, as send_changelog returns it
         monkeypatch.setattr(faust_fixes, "_original_commit_offsets", original_commit)
-        write: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        faust_fixes.pending_changelog_writes(app).add(write)
-        write.add_done_callback(faust_fixes.pending_changelog_writes(app).discard)
+        monkeypatch.setattr(faust_fixes, "_original_send_pending", original_send_pending)
+        monkeypatch.setattr(faust_fixes, "_original_send_changelog", lambda *args: write)
+        table = SimpleNamespace(app=app)
+        assert faust_fixes._send_changelog_tracked(table, 0, b"k", b"v") is write
+        buffer = SimpleNamespace(app=app)  # faust's ProducerBuffer, whose task hands writes over
 
         async def agent_input() -> None:
             async with faust_fixes.commit_lock(app):
@@ -89,31 +95,114 @@ def test_a_commit_waits_for_the_input_in_hand_and_its_table_writes(monkeypatch: 
                 await asyncio.sleep(0.05)  # an await in the middle of an input: the timer fires
                 order.append("input ends")
 
-        async def table_write_delivered() -> None:
+        async def buffer_hands_it_over() -> None:
             await asyncio.sleep(0.1)
-            order.append("write delivered")
-            write.set_result(None)
+            await faust_fixes._send_pending_tracked(buffer, object())  # another message: not ours
+            await faust_fixes._send_pending_tracked(buffer, write)
 
         agent = asyncio.ensure_future(agent_input())
         await asyncio.sleep(0.01)
-        delivered = asyncio.ensure_future(table_write_delivered())
+        handed = asyncio.ensure_future(buffer_hands_it_over())
         await faust_fixes._commit_offsets_between_inputs(consumer, {TP("t", 0): 1})
-        await asyncio.gather(agent, delivered)
+        await asyncio.gather(agent, handed)
+        assert not faust_fixes.pending_changelog_writes(app)
         return order
 
-    assert asyncio.run(scenario()) == ["input starts", "input ends", "write delivered", "commit"]
+    assert asyncio.run(scenario()) == ["input starts", "input ends", "write handed to the producer",
+                                       "write handed to the producer", "commit"]
 
 
-def test_a_commit_refuses_to_go_without_its_table_writes() -> None:
+def test_a_commit_refuses_to_go_without_its_table_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         app = SimpleNamespace()
-        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        faust_fixes.pending_changelog_writes(app).add(never)
+        monkeypatch.setattr(faust_fixes, "_original_send_changelog", lambda *args: object())
+        faust_fixes._send_changelog_tracked(SimpleNamespace(app=app), 0, b"k", b"v")  # never handed over
         await faust_fixes.wait_for_changelog_writes(app, timeout=0.05)
 
-    with pytest.raises(RuntimeError, match="not delivered"):
+    with pytest.raises(RuntimeError, match="not handed to the producer"):
         asyncio.run(scenario())
 
+
+
+class FakeTxnProducer:
+    def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
+        self.name, self.log, self.fail = name, log, fail
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        self.log.append(f"{self.name} offsets {dict(offsets)} {group_id}")
+        await asyncio.sleep(0.02)
+
+    async def commit_transaction(self) -> None:
+        await asyncio.sleep(0.02)
+        if self.fail:
+            raise RuntimeError(f"{self.name} fenced")
+        self.log.append(f"{self.name} committed")
+
+    async def begin_transaction(self) -> None:
+        self.log.append(f"{self.name} begun")
+
+
+def test_the_partitions_transactions_commit_together_and_a_failure_still_surfaces() -> None:
+    async def scenario(fail: bool) -> list[str]:
+        log: list[str] = []
+        producers = {"app-0": FakeTxnProducer("p0", log), "app-1": FakeTxnProducer("p1", log, fail=fail)}
+        owner = SimpleNamespace(_trn_locks={tid: asyncio.Lock() for tid in producers},
+                                _transaction_producers=producers)
+        offsets = {"app-0": {TP("t", 0): 5}, "app-1": {TP("t", 1): 7}}
+        await faust_fixes._commit_transactions_concurrently(owner, offsets, "app")
+        return log
+
+    log = asyncio.run(scenario(fail=False))
+    # Both partitions sent their offsets before either committed: one round of round trips, not two.
+    assert log[:2] == ["p0 offsets {TP(topic='t', partition=0): 5} app",
+                       "p1 offsets {TP(topic='t', partition=1): 7} app"]
+    assert set(log[2:]) == {"p0 committed", "p0 begun", "p1 committed", "p1 begun"}
+
+    with pytest.raises(RuntimeError, match="p1 fenced"):
+        asyncio.run(scenario(fail=True))
+
+
+def test_no_commit_after_an_input_stopped_half_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    commits: list[dict[TP, int]] = []
+
+    async def original_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(faust_fixes, "_original_commit_offsets", original_commit)
+
+    async def scenario(stopping: bool) -> bool:
+        app = SimpleNamespace(should_stop=stopping, crashed=False)
+        consumer = FakeConsumer(app, set())
+
+        async def agent_input() -> None:
+            async with faust_fixes.commit_lock(app):
+                faust_fixes.begin_input(app)
+                await asyncio.sleep(10)  # events sent, table writes pending: then the task is cancelled
+                faust_fixes.end_input(app)
+
+        agent = asyncio.ensure_future(agent_input())
+        await asyncio.sleep(0.01)
+        agent.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+        return await faust_fixes._commit_offsets_between_inputs(consumer, {TP("t", 0): 1})
+
+    # On the way out (stop or crash) the half-applied input's transaction is left to be fenced.
+    assert asyncio.run(scenario(stopping=True)) is False
+    # A running worker stops instead of committing it (its supervisor restarts it from the last commit).
+    with pytest.raises(RuntimeError, match="interrupted half-way"):
+        asyncio.run(scenario(stopping=False))
+    assert commits == []
+
+    async def whole_input() -> bool:
+        app = SimpleNamespace(should_stop=False, crashed=False)
+        async with faust_fixes.commit_lock(app):
+            faust_fixes.begin_input(app)
+            faust_fixes.end_input(app)
+        return await faust_fixes._commit_offsets_between_inputs(FakeConsumer(app, set()), {TP("t", 0): 2})
+
+    assert asyncio.run(whole_input()) is True and commits == [{TP("t", 0): 2}]
 
 
 def test_each_agent_guards_its_own_topics(monkeypatch: pytest.MonkeyPatch) -> None:
