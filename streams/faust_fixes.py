@@ -14,7 +14,6 @@ from faust import worker as faust_worker
 from faust.tables import base as faust_tables
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
-from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.futures import notify
@@ -81,67 +80,44 @@ def input_interrupted(app: Any) -> bool:
     return bool(getattr(app, "_paystream_input_open", False))
 
 
-def pending_changelog_writes(app: Any) -> set[Any]:
-    """Table changelog writes not yet handed to the transactional producer."""
-    pending: set[Any] | None = getattr(app, "_paystream_pending_changelog", None)
+def pending_changelog_writes(app: Any) -> set[asyncio.Future[Any]]:
+    """Table changelog writes not yet delivered to the broker."""
+    pending: set[asyncio.Future[Any]] | None = getattr(app, "_paystream_pending_changelog", None)
     if pending is None:
         pending = set()
         app._paystream_pending_changelog = pending
     return pending
 
 
-def _handed_over(app: Any) -> asyncio.Event:
-    """Set whenever no changelog write is waiting in faust's producer buffer."""
-    event: asyncio.Event | None = getattr(app, "_paystream_changelog_handed", None)
-    if event is None:
-        event = asyncio.Event()
-        event.set()
-        app._paystream_changelog_handed = event
-    return event
-
-
 _original_send_changelog = faust_tables.Collection.send_changelog
 _original_commit_offsets = faust_consumer.Consumer._commit_offsets
-_original_send_pending = faust_producer.ProducerBuffer._send_pending
 
 
 def _send_changelog_tracked(self: Any, partition: int | None, key: Any, value: Any,
                             key_serializer: Any = None, value_serializer: Any = None) -> Any:
     fut = _original_send_changelog(self, partition, key, value, key_serializer, value_serializer)
-    pending_changelog_writes(self.app).add(fut)
-    _handed_over(self.app).clear()
+    pending = pending_changelog_writes(self.app)
+    pending.add(fut)
+    fut.add_done_callback(pending.discard)
     return fut
 
 
-async def _send_pending_tracked(self: Any, fut: Any) -> None:
-    """faust's producer buffer hands one message to the producer; a tracked changelog write
-    is in the producer's open transaction once this returned (aiokafka appends it to the
-    transaction's batches, and delivers every appended batch before it commits)."""
-    await _original_send_pending(self, fut)
-    app = self.app
-    if app is None:
-        return
-    pending = pending_changelog_writes(app)
-    if fut in pending:
-        pending.discard(fut)
-        if not pending:
-            _handed_over(app).set()
-
-
 async def wait_for_changelog_writes(app: Any, timeout: float = CHANGELOG_DELIVERY_TIMEOUT_S) -> None:
-    """Until every table write made so far is in the open transaction.
+    """Until every table write made so far is delivered (so it is in the open transaction).
 
-    Waiting for the broker to acknowledge each write (session 2) made every commit wait for a
-    produce round trip plus the linger with every input blocked; handing them over is enough,
-    because aiokafka delivers every record appended to a transaction before it sends EndTxn.
+    Waiting only until the writes were handed to the transactional producer (aiokafka delivers
+    what was appended before EndTxn) was tried in session 3 for speed; a fresh-clone CI run then
+    lost a partition's inputs after a SIGKILL (their consumer offsets committed, their
+    applied-offsets writes not), cause not established: back to waiting for the broker's
+    acknowledgement, which all earlier chaos and CI runs passed with.
     """
-    if not pending_changelog_writes(app):
+    pending = list(pending_changelog_writes(app))
+    if not pending:
         return
-    try:
-        await asyncio.wait_for(_handed_over(app).wait(), timeout)
-    except TimeoutError:
-        raise RuntimeError(f"{len(pending_changelog_writes(app))} table changelog write(s) not handed to the "
-                           f"producer in {timeout:.0f}s: refusing to commit a transaction without them") from None
+    _, not_done = await asyncio.wait(pending, timeout=timeout)
+    if not_done:
+        raise RuntimeError(f"{len(not_done)} table changelog write(s) not delivered in {timeout:.0f}s: "
+                           "refusing to commit a transaction without them")
 
 
 async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
@@ -294,7 +270,6 @@ def apply() -> None:
         return
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_list_offsets  # type: ignore[method-assign]
     faust_tables.Collection.send_changelog = _send_changelog_tracked  # type: ignore[method-assign]
-    faust_producer.ProducerBuffer._send_pending = _send_pending_tracked  # type: ignore[method-assign]
     faust_consumer.Consumer._commit_offsets = _commit_offsets_between_inputs  # type: ignore[method-assign]
     faust_consumer.Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
     faust_worker.Worker._setup_spinner_handler = _no_spinner_handler  # type: ignore[method-assign]

@@ -78,16 +78,10 @@ def test_a_commit_waits_for_the_input_in_hand_and_its_table_writes(monkeypatch: 
             order.append("commit")
             return True
 
-        async def original_send_pending(self: Any, fut: Any) -> None:
-            order.append("write handed to the producer")
-
-        write = object()  # faust's FutureMessage of a table write, as send_changelog returns it
         monkeypatch.setattr(faust_fixes, "_original_commit_offsets", original_commit)
-        monkeypatch.setattr(faust_fixes, "_original_send_pending", original_send_pending)
-        monkeypatch.setattr(faust_fixes, "_original_send_changelog", lambda *args: write)
-        table = SimpleNamespace(app=app)
-        assert faust_fixes._send_changelog_tracked(table, 0, b"k", b"v") is write
-        buffer = SimpleNamespace(app=app)  # faust's ProducerBuffer, whose task hands writes over
+        write: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        faust_fixes.pending_changelog_writes(app).add(write)
+        write.add_done_callback(faust_fixes.pending_changelog_writes(app).discard)
 
         async def agent_input() -> None:
             async with faust_fixes.commit_lock(app):
@@ -95,31 +89,29 @@ def test_a_commit_waits_for_the_input_in_hand_and_its_table_writes(monkeypatch: 
                 await asyncio.sleep(0.05)  # an await in the middle of an input: the timer fires
                 order.append("input ends")
 
-        async def buffer_hands_it_over() -> None:
+        async def table_write_delivered() -> None:
             await asyncio.sleep(0.1)
-            await faust_fixes._send_pending_tracked(buffer, object())  # another message: not ours
-            await faust_fixes._send_pending_tracked(buffer, write)
+            order.append("write delivered")
+            write.set_result(None)
 
         agent = asyncio.ensure_future(agent_input())
         await asyncio.sleep(0.01)
-        handed = asyncio.ensure_future(buffer_hands_it_over())
+        delivered = asyncio.ensure_future(table_write_delivered())
         await faust_fixes._commit_offsets_between_inputs(consumer, {TP("t", 0): 1})
-        await asyncio.gather(agent, handed)
-        assert not faust_fixes.pending_changelog_writes(app)
+        await asyncio.gather(agent, delivered)
         return order
 
-    assert asyncio.run(scenario()) == ["input starts", "input ends", "write handed to the producer",
-                                       "write handed to the producer", "commit"]
+    assert asyncio.run(scenario()) == ["input starts", "input ends", "write delivered", "commit"]
 
 
-def test_a_commit_refuses_to_go_without_its_table_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commit_refuses_to_go_without_its_table_writes() -> None:
     async def scenario() -> None:
         app = SimpleNamespace()
-        monkeypatch.setattr(faust_fixes, "_original_send_changelog", lambda *args: object())
-        faust_fixes._send_changelog_tracked(SimpleNamespace(app=app), 0, b"k", b"v")  # never handed over
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        faust_fixes.pending_changelog_writes(app).add(never)
         await faust_fixes.wait_for_changelog_writes(app, timeout=0.05)
 
-    with pytest.raises(RuntimeError, match="not handed to the producer"):
+    with pytest.raises(RuntimeError, match="not delivered"):
         asyncio.run(scenario())
 
 
