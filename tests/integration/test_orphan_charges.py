@@ -11,7 +11,6 @@ the stale answer that found the orphan changes nothing: no second refund.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from typing import Any
 
@@ -22,20 +21,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from tests.integration.test_end_to_end import check_sequences, uid
 from tests.integration.test_gateway_routing import ledger, terminal
 from tests.support.kafka_tools import create_cmd
+from tests.support.waits import wait_for
 
 APP_ID = os.environ.get("PAYSTREAM_APP_ID", "paystream")
 REPLIES = f"{APP_ID}-gateway-replies"
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def bodies(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,6 +19,7 @@ from paystream import stack
 from tests.conftest import Proc
 from tests.support.i7 import read_events, wait_i7
 from tests.support.kafka_tools import Collector, OrderServiceProducer, create_cmd, envelope
+from tests.support.waits import wait_for
 
 MIX = ["tok_visa", "tok_mastercard", "tok_decline_insufficient_funds", "tok_decline_expired_card", "tok_3ds"]
 
@@ -44,17 +44,6 @@ def metric(sink: Proc, name: str) -> float:
     m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
     assert m, f"{name} not in /metrics"
     return float(m.group(1))
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def postgres_down() -> None:
