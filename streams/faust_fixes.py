@@ -264,6 +264,73 @@ async def _seek_offsets_not_negative(self: Any, consumer: Any, tps: Any, offsets
     await _original_seek_offsets(self, consumer, tps, offsets, title)
 
 
+# --- Recovery does not roll back a partition the worker keeps across a rebalance (F16) ------------
+#
+# Observed (short chaos ``rebalance``, 1 run in 3: "2x RefundProcessed caused by cmd-…; sequences
+# [1, 2, 3, 4, 4, 5]", both copies committed; reproduced with transaction/recovery logging): a
+# worker applies inputs into its open transaction; a rebalance starts; faust's
+# ``Consumer.on_partitions_revoked`` drops the acknowledged, not yet committed offsets *before*
+# the app's revocation commit, which then commits nothing ("IN_TRANSACTION -> IN_TRANSACTION" at
+# the next assignment), so the transaction stays open across the rebalance. For a partition the
+# worker keeps, faust then "recovers" the table again from the last offset it recovered before:
+# it re-reads the changelog records committed since then (its own writes) up to the last stable
+# offset, which stops before the open transaction, and writes those older values over the
+# in-memory table (applied offset 202 -> 201, the payment's state one event back). The stream is
+# sought back to the committed offset, the inputs of the open transaction are taken for new and
+# applied again from the older state, into the same transaction: both copies commit.
+#
+# The fix: a changelog partition whose table state this worker holds completely (its recovery
+# finished, and it stayed assigned through every generation since) is not re-read when it is
+# kept: every record up to its last stable offset was written by this worker, and the memory has
+# them and the open transaction's writes on top. A partition newly assigned, one whose recovery
+# was interrupted, or any partition after a generation this worker missed (it was out of the
+# group, so another worker may have written) is recovered as faust does.
+
+_original_recovery_on_rebalance = faust_recovery.Recovery.on_rebalance
+_original_on_recovery_completed = faust_recovery.Recovery.on_recovery_completed
+_original_build_offsets = faust_recovery.Recovery._build_offsets
+
+
+def held_partitions(recovery: Any) -> set[TP]:
+    """Active changelog partitions whose table state this worker holds completely."""
+    held: set[TP] | None = getattr(recovery, "_paystream_held", None)
+    if held is None:
+        held = set()
+        recovery._paystream_held = held
+    return held
+
+
+async def _on_rebalance_keeping_held(self: Any, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                                     generation_id: int = 0) -> None:
+    held = held_partitions(self)
+    last = getattr(self, "_paystream_generation", None)
+    if last is None or generation_id != last + 1:
+        held.clear()  # a generation without this worker: another one may have written the partitions
+    actives = set(self.app.assignor.assigned_actives())
+    held.intersection_update(actives & (set(assigned) - set(revoked) - set(newly_assigned)))
+    self._paystream_generation = generation_id
+    await _original_recovery_on_rebalance(self, assigned, revoked, newly_assigned, generation_id)
+
+
+async def _on_recovery_completed_tracked(self: Any, generation_id: int = 0) -> None:
+    actives = set(self.active_tps)
+    await _original_on_recovery_completed(self, generation_id)
+    if generation_id == self.app.consumer_generation_id:
+        held_partitions(self).update(actives)
+
+
+async def _build_offsets_keeping_held(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+    await _original_build_offsets(self, consumer, tps, destination, title)
+    if title != "active":
+        return
+    for tp in held_partitions(self) & set(tps):
+        highwater = self.active_highwaters.get(tp)
+        if highwater is not None and destination[tp] is not None and destination[tp] < highwater:
+            log.info("recovery: %s kept through the rebalance, its table state is in memory: not re-reading "
+                     "offsets %d..%d (this worker's own writes)", tp, destination[tp] + 1, highwater)
+            destination[tp] = highwater
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
@@ -275,4 +342,7 @@ def apply() -> None:
     faust_worker.Worker._setup_spinner_handler = _no_spinner_handler  # type: ignore[method-assign]
     faust_aiokafka.Producer.commit_transactions = _commit_transactions_concurrently  # type: ignore[method-assign]
     faust_recovery.Recovery._seek_offsets = _seek_offsets_not_negative  # type: ignore[method-assign]
+    faust_recovery.Recovery.on_rebalance = _on_rebalance_keeping_held  # type: ignore[method-assign]
+    faust_recovery.Recovery.on_recovery_completed = _on_recovery_completed_tracked  # type: ignore[method-assign]
+    faust_recovery.Recovery._build_offsets = _build_offsets_keeping_held  # type: ignore[method-assign]
     _APPLIED = True

@@ -236,3 +236,63 @@ def test_recovery_seeks_a_negative_offset_to_the_changelog_start(monkeypatch: py
     asyncio.run(faust_fixes._seek_offsets_not_negative(SimpleNamespace(), Consumer(), {standby, other, fresh, below},
                                                        offsets, "standby"))
     assert sought == [{standby: 0, other: 41, fresh: 0, below: 0}]
+
+
+def test_recovery_does_not_roll_back_a_partition_kept_through_a_rebalance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """F16: a kept partition's changelog up to its last stable offset holds only this worker's own
+    writes, which its memory has, with the open transaction's on top; re-reading them rolled the
+    table back (applied offset 202 -> 201) and the open transaction's inputs were applied twice.
+    A newly assigned partition, or any after a generation the worker missed, is read as faust does."""
+    import faust
+
+    app = faust.App("t-f16", broker="kafka://127.0.0.1:1", processing_guarantee="exactly_once")
+    recovery = app.tables.recovery
+    kept, fresh = TP("paystream-applied-offsets-changelog", 3), TP("paystream-applied-offsets-changelog", 1)
+    actives = {kept}
+    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: set(actives))
+
+    async def on_rebalance(self: Any, assigned: Any, revoked: Any, newly: Any, generation_id: int = 0) -> None:
+        app.consumer_generation_id = generation_id
+        self.active_tps = set(actives)
+
+    async def recovery_completed(self: Any, generation_id: int = 0) -> None:
+        return None
+
+    class Consumer:
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 0 for tp in tps}
+
+    monkeypatch.setattr(faust_fixes, "_original_recovery_on_rebalance", on_rebalance)
+    monkeypatch.setattr(faust_fixes, "_original_on_recovery_completed", recovery_completed)
+
+    async def start_offsets(generation: int, assigned: set[TP], newly: set[TP], revoked: set[TP] = frozenset(),
+                            last_read: int = 100, highwater: int = 140) -> dict[TP, int]:
+        """The offsets recovery starts reading after (faust reads from there to the highwater)."""
+        await faust_fixes._on_rebalance_keeping_held(recovery, assigned, set(revoked), newly, generation)
+        for tp in assigned:
+            recovery.active_offsets[tp] = last_read
+            recovery.active_highwaters[tp] = highwater
+        await faust_fixes._build_offsets_keeping_held(recovery, Consumer(), set(assigned), recovery.active_offsets,
+                                                      "active")
+        return {tp: recovery.active_offsets[tp] for tp in assigned}
+
+    async def scenario() -> None:
+        # Generation 5: newly assigned, read from where faust would; its recovery completes.
+        assert await start_offsets(5, {kept}, {kept}) == {kept: 100}
+        await faust_fixes._on_recovery_completed_tracked(recovery, 5)
+        # Generation 6 keeps it: nothing below the last stable offset is read again.
+        assert await start_offsets(6, {kept}, set()) == {kept: 140}
+        # Generation 7 adds a partition: that one is read, the kept one still not.
+        actives.add(fresh)
+        assert await start_offsets(7, {kept, fresh}, {fresh}) == {kept: 140, fresh: 100}
+        # The recovery of generation 7 is interrupted (a newer generation was under way):
+        # the new partition is not complete, so generation 8 goes on reading it.
+        app.consumer_generation_id = 8
+        await faust_fixes._on_recovery_completed_tracked(recovery, 7)
+        assert await start_offsets(8, {kept, fresh}, set()) == {kept: 140, fresh: 100}
+        await faust_fixes._on_recovery_completed_tracked(recovery, 8)
+        assert await start_offsets(9, {kept, fresh}, set()) == {kept: 140, fresh: 140}
+        # Generation 11: the worker missed 10 (out of the group; another may have written): read all.
+        assert await start_offsets(11, {kept, fresh}, set()) == {kept: 100, fresh: 100}
+
+    asyncio.run(scenario())
