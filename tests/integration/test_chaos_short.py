@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from chaos.scenarios import run_scenario
+from tests.support.session import session_worker_paused
 
 # Known findings that make a short scenario fail today (see docs/reliability.md).
 KNOWN: dict[str, str] = {
@@ -41,33 +42,10 @@ def _params() -> list[object]:
     return out
 
 
-def _session_worker_running() -> bool:
-    """Whether this pytest process has a paystream worker child (the session fixture's)."""
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if b"paystream.cli" in cmdline and b"worker" in cmdline:
-            return True
-    return False
-
-
 @pytest.fixture(scope="module")
 def chaos_env(stack_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    session_worker = request.getfixturevalue("worker") if _session_worker_running() else None
-    if session_worker is not None:
-        session_worker.stop()
-    try:
+    with session_worker_paused(request):
         yield {**os.environ, **stack_env}
-    finally:
-        if session_worker is not None:
-            session_worker.start()
-            session_worker.wait_ready()
 
 
 @pytest.mark.parametrize("name", _params())

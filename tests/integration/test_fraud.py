@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, Worker, free_port
-from tests.integration.test_chaos_short import _session_worker_running
 from tests.integration.test_end_to_end import check_sequences
 from tests.support.kafka_tools import Collector, OrderServiceProducer, create_cmd, envelope, is_terminal_record
+from tests.support.session import session_worker_paused
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,9 +36,12 @@ def uid(prefix: str) -> str:
 @pytest.fixture(scope="module")
 def fraud_worker(stack_env: dict[str, str], producer: OrderServiceProducer, request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    session_worker = request.getfixturevalue("worker") if _session_worker_running() else None
-    if session_worker is not None:
-        session_worker.stop()
+    with session_worker_paused(request):
+        yield from _fraud_worker(stack_env, producer, tmp_path_factory)
+
+
+def _fraud_worker(stack_env: dict[str, str], producer: OrderServiceProducer,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     tmp = tmp_path_factory.mktemp("fraud-worker")
     port = free_port()
     env = {**os.environ, **stack_env, "PAYSTREAM_DATADIR": str(tmp / "data"), "PAYSTREAM_WEB_PORT": str(port),
@@ -54,9 +57,6 @@ def fraud_worker(stack_env: dict[str, str], producer: OrderServiceProducer, requ
         yield w
     finally:
         w.stop()
-        if session_worker is not None:
-            session_worker.start()
-            session_worker.wait_ready()
 
 
 def ledger(stack_env: dict[str, str], pid: str) -> list[dict[str, Any]]:

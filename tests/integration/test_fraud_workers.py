@@ -36,9 +36,9 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, TopicPartition
 
 from tests.conftest import Worker, free_port
-from tests.integration.test_chaos_short import _session_worker_running
 from tests.integration.test_end_to_end import check_sequences
 from tests.support.kafka_tools import Collector, OrderServiceProducer, create_cmd
+from tests.support.session import session_worker_paused
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP_ID = os.environ.get("PAYSTREAM_APP_ID", "paystream")
@@ -107,17 +107,12 @@ class Workers:
 @pytest.fixture
 def workers(stack_env: dict[str, str], producer: OrderServiceProducer, request: pytest.FixtureRequest,
             tmp_path: Path) -> Iterator[Workers]:
-    session_worker = request.getfixturevalue("worker") if _session_worker_running() else None
-    if session_worker is not None:
-        session_worker.stop()
-    ws = Workers(stack_env, producer, tmp_path)
-    try:
-        yield ws
-    finally:
-        ws.stop_all()
-        if session_worker is not None:
-            session_worker.start()
-            session_worker.wait_ready()
+    with session_worker_paused(request):
+        ws = Workers(stack_env, producer, tmp_path)
+        try:
+            yield ws
+        finally:
+            ws.stop_all()
 
 
 def metric_sum(worker: Worker, name: str) -> float:

@@ -29,9 +29,9 @@ from aiokafka.partitioner import murmur2
 
 from streams import topics
 from tests.conftest import API_KEY_BOUND, API_KEY_READ, BOUND_CUSTOMER, Worker, free_port, worker_env
-from tests.integration.test_chaos_short import _session_worker_running
 from tests.integration.test_end_to_end import check_sequences
 from tests.support.kafka_tools import Collector, OrderServiceProducer, create_cmd
+from tests.support.session import session_worker_paused
 
 APP_ID = "paystream"  # the default app id, which worker_env leaves as it is
 CHANGELOG = topics.changelog(APP_ID, "payments")
@@ -108,9 +108,12 @@ def wait_split(workers: list[Worker], partitions: int, timeout: float = 240) -> 
 @pytest.fixture(scope="module")
 def cluster(stack_env: dict[str, str], producer: OrderServiceProducer, request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    session_worker = request.getfixturevalue("worker") if _session_worker_running() else None
-    if session_worker is not None:
-        session_worker.stop()
+    with session_worker_paused(request):
+        yield from _cluster(stack_env, producer, tmp_path_factory)
+
+
+def _cluster(stack_env: dict[str, str], producer: OrderServiceProducer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("two-workers")
     workers: list[Worker] = []
     try:
@@ -131,9 +134,6 @@ def cluster(stack_env: dict[str, str], producer: OrderServiceProducer, request: 
     finally:
         for w in workers:
             w.stop()
-        if session_worker is not None:
-            session_worker.start()
-            session_worker.wait_ready()
 
 
 @dataclass
