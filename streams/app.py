@@ -26,7 +26,7 @@ def create_app(settings: Settings) -> faust.App:
     # https, and the edge's own client verifies the peer (a factory: faust creates the session
     # inside its loop). None leaves faust's defaults (plain HTTP).
     https = settings.web_ssl_context()
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=f"kafka://{kafka.bootstrap}",
         # SASL/TLS of every faust client (consumer, producers, topic admin): None for PLAINTEXT.
@@ -66,3 +66,7 @@ def create_app(settings: Settings) -> faust.App:
         canonical_url=f"https://{settings.web_host}:{settings.web_port}" if https is not None else None,
         HttpClient=functools.partial(_https_client, settings) if https is not None else None,
     )
+    # Recovery probes the changelogs' tails with these settings (faust_fixes: exactly_once
+    # recovery ends at the last committed record).
+    faust_fixes.set_changelog_probe(app, kafka.aiokafka())
+    return app
