@@ -68,5 +68,5 @@ def create_app(settings: Settings) -> faust.App:
     )
     # Recovery probes the changelogs' tails with these settings (faust_fixes: exactly_once
     # recovery ends at the last committed record).
-    faust_fixes.set_changelog_probe(app, kafka.aiokafka())
+    faust_fixes.set_changelog_probe(app, kafka)
     return app

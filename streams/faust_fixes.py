@@ -18,6 +18,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.futures import notify
 
+from streams import fast_recovery
+
 log = logging.getLogger("paystream.faust_fixes")
 
 _APPLIED = False
@@ -353,58 +355,13 @@ async def _build_offsets_keeping_held(self: Any, consumer: Any, tps: Any, destin
 # slow detection. The probe needs the Kafka client settings, which ``create_app`` leaves on the
 # app (``set_changelog_probe``); without them faust's own behaviour is kept.
 
-CHANGELOG_TAIL_WINDOW = 512
 _original_build_highwaters = faust_recovery.Recovery._build_highwaters
 
 
-def set_changelog_probe(app: Any, aiokafka_kwargs: Mapping[str, Any]) -> None:
-    """Let recovery probe the changelogs' tails with these aiokafka client settings."""
-    app._paystream_probe_kwargs = dict(aiokafka_kwargs)
-
-
-async def last_committed_offsets(aiokafka_kwargs: Mapping[str, Any], ends: Mapping[TP, int],
-                                 window: int = CHANGELOG_TAIL_WINDOW, timeout_s: float = 30.0) -> dict[TP, int]:
-    """For each partition with end offset ``ends[tp]`` (its last stable offset), the offset of
-    the last record a read_committed consumer delivers below it; -1 + the partition's start
-    when it holds none at all. A partition whose last ``window`` offsets hold no committed
-    record while older ones exist is left out (unknown without reading it whole)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    wanted = {TopicPartition(tp.topic, tp.partition): end for tp, end in ends.items() if end > 0}
-    found: dict[TP, int] = {TP(tp.topic, tp.partition): -1 for tp, end in ends.items() if end <= 0}
-    if not wanted:
-        return found
-    consumer = AIOKafkaConsumer(**aiokafka_kwargs, enable_auto_commit=False, isolation_level="read_committed",
-                                group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(list(wanted))
-        starts = await consumer.beginning_offsets(list(wanted))
-        first = {tp: max(starts.get(tp, 0), end - window) for tp, end in wanted.items()}
-        for tp, offset in first.items():
-            consumer.seek(tp, offset)
-        last: dict[Any, int] = {}
-        pending = set(wanted)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while pending:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"changelog tails not read in {timeout_s:.0f} s: {sorted(map(str, pending))}")
-            batches = await consumer.getmany(*pending, timeout_ms=200)
-            for tp, records in batches.items():
-                for rec in records:
-                    if rec.offset < wanted[tp]:
-                        last[tp] = max(last.get(tp, -1), rec.offset)
-            for tp in list(pending):
-                if await consumer.position(tp) >= wanted[tp]:
-                    pending.discard(tp)
-        for tp in wanted:
-            if tp in last:
-                found[TP(tp.topic, tp.partition)] = last[tp]
-            elif first[tp] <= starts.get(tp, 0):
-                found[TP(tp.topic, tp.partition)] = starts.get(tp, 0) - 1  # no committed record at all
-    finally:
-        await consumer.stop()
-    return found
+def set_changelog_probe(app: Any, kafka: Any) -> None:
+    """Let recovery read changelogs itself with this ``KafkaConnection`` (tail probes, bulk loads)."""
+    app._paystream_probe_kwargs = kafka.aiokafka()
+    app._paystream_loader_conf = kafka.librdkafka()
 
 
 async def _build_highwaters_to_last_committed(self: Any, consumer: Any, tps: Any, destination: Any,
@@ -417,7 +374,7 @@ async def _build_highwaters_to_last_committed(self: Any, consumer: Any, tps: Any
     if not ends:
         return
     try:
-        last = await last_committed_offsets(kwargs, ends)
+        last = await fast_recovery.last_committed_offsets(kwargs, ends)
     except Exception as exc:  # faust's own target is always safe, only slower
         log.warning("recovery: changelog tails not probed (%s: %s); recovering the %s partitions to their end "
                     "offsets", type(exc).__name__, exc, title)
@@ -429,6 +386,112 @@ async def _build_highwaters_to_last_committed(self: Any, consumer: Any, tps: Any
             moved += 1
     log.info("recovery: %d of %d %s changelog partitions end in transaction markers: recovering them up to "
              "their last committed record", moved, len(ends), title)
+
+
+# --- Recovery reads big changelogs in bulk ----------------------------------------------------------
+#
+# Observed (python -m bench --recovery-k 200000: 60 s to /ready for 200,000 payments, 6,700
+# changelog records/s, py-spy: faust's per-message tasks and waits): faust's recovery delivers
+# every changelog record one message at a time. Once faust has computed where each active
+# partition's recovery starts and ends, the partitions with much to read are read in bulk by
+# ``fast_recovery.load_changelogs`` and applied through the tables' own decode and batch apply;
+# faust then starts them at the offset reached and reads only the rest (nothing, normally).
+
+
+async def _build_offsets_then_bulk_load(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+    await _build_offsets_keeping_held(self, consumer, tps, destination, title)
+    conf = getattr(self.app, "_paystream_loader_conf", None)
+    if title != "active" or conf is None:
+        return
+    ranges: dict[TP, fast_recovery.LoadRange] = {}
+    for tp in tps:
+        table, after, target = self.tp_to_table.get(tp), destination.get(tp), self.active_highwaters.get(tp)
+        if table is None or after is None or target is None or target - after < fast_recovery.BULK_MIN_RECORDS:
+            continue
+        ranges[tp] = fast_recovery.LoadRange(table, after, target)
+    if not ranges:
+        return
+    started = asyncio.get_running_loop().time()
+    total = sum(r.target - r.after for r in ranges.values())
+    log.info("recovery: reading %d changelog partition(s) in bulk (up to %d records)", len(ranges), total)
+    try:
+        held = await fast_recovery.load_changelogs(conf, ranges, self.signal_recovery_start.is_set)
+    except Exception as exc:  # faust's own recovery reads whatever was not loaded
+        log.warning("recovery: bulk read failed (%s: %s); faust's recovery reads the changelogs", type(exc).__name__,
+                    exc)
+        return
+    for tp, offset in held.items():
+        destination[tp] = max(destination[tp], offset)
+    log.info("recovery: bulk read of %d partition(s) done in %.1f s", len(ranges),
+             asyncio.get_running_loop().time() - started)
+
+
+# --- The consumer hands a message over without four tasks per message -----------------------------
+#
+# Observed (py-spy of a worker recovering 400,000 changelog records at 6,700/s, and of a worker
+# under a burst of payments): faust's fetcher delivers each message with
+# ``wait_first(callback(message), suspend_flow.wait())``, which wraps the callback, the flow
+# event, and the service's stopped and crashed events in four tasks and an ``asyncio.wait`` per
+# message; task creation and the wait were most of the recovery's CPU. The callback (the
+# conductor putting the event into its channel queue) almost always finishes without
+# suspending. So it is first run directly, up to its first suspension: if it finishes, that is
+# the whole delivery, no task made. If it suspends (a full queue, flow control, the producer
+# buffer), the suspended callback is continued inside faust's own ``wait_first``, so a
+# rebalance's flow suspension, a stop or a crash still abandon it exactly as before. Only this
+# one call shape (a coroutine and the consumer's own ``suspend_flow.wait()``, no timeout) takes
+# the fast path.
+
+_original_wait_first = faust_consumer.Consumer.wait_first
+
+
+class _Continued:
+    """Continues a coroutine that was run outside a task up to its first suspension:
+    ``pending`` is what it yielded there (the future it waits on, or None). The task awaiting
+    this sees exactly the yields, sends and throws of the coroutine itself."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self.coro, self.pending = coro, pending
+
+    def __await__(self) -> Any:
+        pending = self.pending
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                self.coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (cancellation): into the coroutine
+                try:
+                    pending = self.coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = self.coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _continue(coro: Any, pending: Any) -> Any:
+    return await _Continued(coro, pending)
+
+
+async def _wait_first_eager(self: Any, *coros: Any, timeout: Any = None) -> Any:
+    if (len(coros) == 2 and timeout is None and asyncio.iscoroutine(coros[0]) and asyncio.iscoroutine(coros[1])
+            and getattr(coros[1], "__qualname__", "") == "Event.wait" and not self.suspend_flow.is_set()):
+        work, flow = coros
+        try:
+            pending = work.send(None)
+        except StopIteration:
+            flow.close()
+            return None  # the fetcher ignores the result
+        except BaseException:
+            flow.close()
+            raise
+        return await _original_wait_first(self, _continue(work, pending), flow)
+    return await _original_wait_first(self, *coros, timeout=timeout)
 
 
 def apply() -> None:
@@ -444,6 +507,7 @@ def apply() -> None:
     faust_recovery.Recovery._seek_offsets = _seek_offsets_not_negative  # type: ignore[method-assign]
     faust_recovery.Recovery.on_rebalance = _on_rebalance_keeping_held  # type: ignore[method-assign]
     faust_recovery.Recovery.on_recovery_completed = _on_recovery_completed_tracked  # type: ignore[method-assign]
-    faust_recovery.Recovery._build_offsets = _build_offsets_keeping_held  # type: ignore[method-assign]
+    faust_recovery.Recovery._build_offsets = _build_offsets_then_bulk_load  # type: ignore[method-assign]
     faust_recovery.Recovery._build_highwaters = _build_highwaters_to_last_committed  # type: ignore[method-assign]
+    faust_consumer.Consumer.wait_first = _wait_first_eager  # type: ignore[method-assign]
     _APPLIED = True
