@@ -395,7 +395,8 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     # redeliveries are skipped, gaps healed, an input faust drops is not acknowledged but
     # fetched again (F11), and inputs are applied between two commits (F10). See
     # streams/input_guard.py; the fraud agents use the same guard.
-    guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection())).install()
+    guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection()),
+                       commit_when_idle=s.commit_when_idle).install()
 
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:

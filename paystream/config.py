@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
+    commit_when_idle: bool = Field(
+        True, description="EOS: also commit as soon as the payments agent has no input waiting (latency at low "
+                          "load); under load only the commit interval applies")
     switch_interval_ms: float = Field(
         0.5, gt=0,
         description="the worker's Python thread switch interval (sys.setswitchinterval); CPython's 5 ms default "

@@ -37,6 +37,8 @@ COMMIT_SECONDS = Histogram(
     ["phase"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 20),
 )
+IDLE_COMMITS = Counter("paystream_idle_commits_total",
+                       "Exactly-once commits asked for because the payments agent had no input waiting")
 UNKNOWN_PENDING = Gauge("paystream_unknown_outcomes_pending", "Payments whose gateway outcome is unknown")
 UNKNOWN_OLDEST_AGE = Gauge("paystream_unknown_outcome_oldest_age_seconds", "Age of the oldest unknown outcome")
 QUEUED = Counter("paystream_commands_queued_total", "Commands that waited for a payment's gateway call")

@@ -149,3 +149,70 @@ def test_while_flow_is_suspended_faust_own_wait_first_is_used() -> None:
 
     # Not run directly: faust's wait_first wraps it in its tasks and returns at the flow event.
     assert asyncio.run(main()) >= 2
+
+
+# --- Commits on idle (streams/input_guard.py IdleCommitter) -------------------------------------
+
+
+class CountingConsumer:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: list[float] = []
+        self.running = 0
+        self.overlapped = False
+
+    async def commit(self) -> bool:
+        self.started.append(asyncio.get_running_loop().time())
+        self.running += 1
+        self.overlapped |= self.running > 1
+        await asyncio.sleep(self.seconds)
+        self.running -= 1
+        return True
+
+
+class AppWithConsumer:
+    def __init__(self, consumer: CountingConsumer) -> None:
+        self.consumer = consumer
+        self.should_stop = False
+
+
+def test_idle_commits_coalesce_never_overlap_and_keep_their_gap() -> None:
+    from streams.input_guard import IdleCommitter
+
+    async def main() -> CountingConsumer:
+        consumer = CountingConsumer(seconds=0.02)
+        committer = IdleCommitter(AppWithConsumer(consumer), min_gap_s=0.03)  # type: ignore[arg-type]
+        for _ in range(50):  # fifty idle moments at once: one commit
+            committer.poke()
+        await asyncio.sleep(0.005)  # the first commit is running now
+        for _ in range(50):  # fifty more while it runs: one more commit after it, not fifty
+            committer.poke()
+        assert committer.task is not None
+        await committer.task
+        committer.poke()  # idle again later: a new commit
+        await committer.task
+        return consumer
+
+    consumer = asyncio.run(main())
+    assert len(consumer.started) == 3
+    assert not consumer.overlapped
+    gaps = [b - a for a, b in zip(consumer.started, consumer.started[1:], strict=False)]
+    assert all(gap >= 0.029 for gap in gaps), gaps
+
+
+def test_the_input_queue_is_read_from_the_stream_channel() -> None:
+    from streams.input_guard import input_queue_empty
+
+    class Chan:
+        def __init__(self, n: int) -> None:
+            self.queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(n):
+                self.queue.put_nowait(i)
+
+    class Stream:
+        def __init__(self, n: int) -> None:
+            self.channel = Chan(n)
+
+    assert input_queue_empty(Stream(0)) is True
+    assert input_queue_empty(Stream(2)) is False
+    assert input_queue_empty(object()) is False  # unknown: never taken for idle
