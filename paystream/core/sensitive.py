@@ -20,6 +20,7 @@ Only ``redact`` returns text derived from the input; ``scan`` returns paths, nev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from typing import Final
@@ -144,12 +145,24 @@ def _normalized_name(name: str) -> str:
     return "".join(char for char in name.lower() if char.isalnum())
 
 
+def _cvv_name(name: str) -> bool:
+    normalized = _normalized_name(name)
+    return normalized in _CVV_EXACT_NAMES or any(part in normalized for part in _CVV_NAME_PARTS)
+
+
+# The same few field names come back with every record: their verdict is cached (short names
+# only, so odd or hostile names cannot fill memory; they are checked every time).
+_cvv_name_cached = functools.lru_cache(maxsize=4096)(_cvv_name)
+
+
 def looks_like_cvv_field(name: str, value: object) -> bool:
     """True for a CVV-ish field name (cvv, cvc, cvv2, security_code, card_verification ...)
     holding a 3-4 digit value (string, possibly padded with spaces, or a small int)."""
-    normalized = _normalized_name(name)
-    if not (normalized in _CVV_EXACT_NAMES or any(part in normalized for part in _CVV_NAME_PARTS)):
-        return False
+    named = _cvv_name_cached(name) if len(name) <= 64 else _cvv_name(name)
+    return named and _cvv_value(value)
+
+
+def _cvv_value(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
