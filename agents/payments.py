@@ -33,6 +33,7 @@ from agents.processor import (
     Output,
     PaymentProcessor,
     PaymentRecord,
+    may_need_watch,
     method_aad,
     needs_watch,
     notification_input,
@@ -459,8 +460,13 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         keys = list(payments_table.keys()) if full else list(processor.watched)
         pending, oldest = 0, 0.0
         held: set[str] = set()
-        for key in keys:
+        for n, key in enumerate(keys):
+            if full and n % 2000 == 1999:
+                await asyncio.sleep(0)  # a large table: let the inputs run between slices of the scan
             value = payments_table.get(key)
+            if full and not may_need_watch(value):
+                processor.watched.discard(key)
+                continue
             record = PaymentRecord.from_json(value)
             st = record.state
             if not needs_watch(st):

@@ -157,6 +157,31 @@ def needs_watch(state: PaymentState | None) -> bool:
     return state is not None and (state.fraud is not None or bool(reconcile_effects(state)))
 
 
+_WATCHED_REFUND = "pending"
+_WATCHED_ORPHANS = frozenset({"suspected", "rechecking"})
+
+
+def may_need_watch(value: Any) -> bool:
+    """A cheap, conservative ``needs_watch`` on a table value as stored (plain JSON, not decoded
+    into the machine's dataclasses): False only when ``needs_watch`` is certainly False (no
+    fraud hold, no pending call with an unknown outcome, no pending refund, no orphan to check).
+    The reconciler's full scan runs it over every payment of the table; decoding each one took
+    the event loop for seconds with a large table."""
+    if not isinstance(value, dict):
+        return value is not None
+    st = value.get("state")
+    if not isinstance(st, dict):
+        return st is not None
+    if st.get("fraud") is not None:
+        return True
+    pending = st.get("pending")
+    if pending is not None and (not isinstance(pending, dict) or pending.get("outcome_unknown", True)):
+        return True
+    refunds, orphans = st.get("refunds") or [], st.get("orphans") or []
+    return (any(not isinstance(r, dict) or r.get("status", _WATCHED_REFUND) == _WATCHED_REFUND for r in refunds)
+            or any(not isinstance(o, dict) or o.get("status", "suspected") in _WATCHED_ORPHANS for o in orphans))
+
+
 def note_orphans(payment_id: str, decision: Decision) -> None:
     """Orphan charges found and settled: counted, and logged (an error when paystream gave up)."""
     for body in decision.events:

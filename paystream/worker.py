@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 
 from agents.payments import Wiring, install
 from gateway_clients.protocol import PaymentGateway
@@ -18,6 +17,7 @@ from paystream.web import install_web, web_context
 from streams import topics
 from streams.app import create_app
 from streams.avro import codecs, register_schemas, registry_client
+from streams.monitor import setup_metrics
 
 log = logging.getLogger("paystream.worker")
 
@@ -111,7 +111,7 @@ def build_app(settings: Settings) -> tuple[faust.App, dict[str, object]]:
     app = create_app(settings)
     # /metrics on the worker's web port: faust's stream metrics and paystream's business metrics
     # (one process registry). The prefix is fixed so metric names do not follow the app id.
-    setup_prometheus_sensors(app, pattern="/metrics", name_prefix="paystream")
+    setup_metrics(app, name_prefix="paystream")
     wiring = Wiring(settings, codecs(registry_client(settings.registry_conf())), build_gateways(settings))
     if settings.fraud_enabled:
         from agents import fraud as af
