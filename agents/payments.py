@@ -418,6 +418,11 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     async def method_directory() -> None:
         await directory.run()
 
+    if s.gc_freeze_interval_s > 0:
+        @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+        async def gc_tending() -> None:
+            await metrics.tend_gc(s.gc_freeze_interval_s, s.gc_full_interval_s)
+
     verdict_timeout_ms = int(s.fraud_verdict_timeout_s * 1000)
     timeouts_sent: dict[str, int] = {}  # payment id -> when its synthetic verdict was last sent
 

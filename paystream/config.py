@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="how long the worker's producers wait to fill a batch: more records per produce request, "
         "far fewer socket writes; well below the commit interval, so it adds no visible latency under exactly_once",
     )
+    gc_freeze_interval_s: float = Field(
+        10.0, ge=0, description="worker: how often live objects (table values) are moved out of the garbage "
+        "collector's generations, so its full collections do not walk the tables (0: never)")
+    gc_full_interval_s: float = Field(
+        3600.0, gt=0, description="worker: how often everything is unfrozen and collected once (reclaims cyclic "
+        "garbage frozen by chance)")
     store: str = Field("memory://", description="faust table store URL")
     datadir: str = Field(".stack/worker-data", description="faust data directory")
     web_host: str = "127.0.0.1"

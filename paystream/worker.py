@@ -12,6 +12,7 @@ import faust
 
 from agents.payments import Wiring, install
 from gateway_clients.protocol import PaymentGateway
+from paystream import metrics
 from paystream.config import Settings
 from paystream.web import install_web, web_context
 from streams import topics
@@ -156,6 +157,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # to 5 ms to get the GIL back from that thread: py-spy saw the worker "in" socket writes a
     # fifth of the time while it held the GIL less than half of it. Throughput about doubled.
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
+    metrics.install_gc_metrics()
     log.info("starting worker %s: web %s:%d, %d partitions, %s", settings.app_id, settings.web_host,
              settings.web_port, settings.partitions, settings.processing_guarantee)
     app.main()
