@@ -47,6 +47,7 @@ BOUNDED_LABEL_VALUES = {
     "name": "event type names of the Avro union (evs.event_type)",
     "kind": "command type names of the Avro union (cmds.command_type), 'reply'/'webhook', or a topic sink's kind",
     "self.kind": "the topic sink's class attribute: vault | audit",
+    "str(g)": "garbage-collector generations 0, 1, 2 (paystream.metrics.install_gc_metrics)",
     "cmds.command_type(command)": "command type names of the Avro union",
     "topic": "input topic names",
     "m.topic": "input topic names",
