@@ -27,7 +27,7 @@ from typing import Any
 import faust
 
 from agents import fraud as af
-from agents.gateway import GatewayExecutor, executor_options, reply_input
+from agents.gateway import GatewayExecutor, execute, executor_options, reply_input
 from agents.methods import MethodDirectory
 from agents.processor import (
     Output,
@@ -54,7 +54,14 @@ from paystream.security import audit as au
 from paystream.security.crypto import KeyRing
 from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
-from streams.input_guard import GapReader, InputGuard, PartitionLost, send_in_input_transaction
+from streams.input_guard import (
+    GapReader,
+    InputGuard,
+    PartitionLost,
+    send_in_input_transaction,
+    set_current_event,
+    transactional_id,
+)
 from tables import codec
 
 log = logging.getLogger("paystream.agents")
@@ -125,6 +132,8 @@ def event_audit_record(ev: evs.PaymentEvent, actor: str, origin: str, method_key
 
 
 FRAUD_TIMEOUT_RULE = "fraud_check_timeout"
+INLINE = "inline"  # meta.applied of a gateway reply applied in the batch that made the call
+INLINE_ROUNDS = 3  # rounds of inline calls per batch (authorize, then capture, then one more)
 
 
 def timeout_verdict(record: PaymentRecord, ruleset_version: str) -> fr.FraudVerdict | None:
@@ -233,6 +242,9 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             record = event_audit_record(ev, actor, origin, method_key)
             await send(event, audit_topic, record.resource.encode(), au.encode_record(record), partition)
         for call in out.calls:
+            if inline_calls is not None:
+                inline_calls.append((event, call))  # made at the end of the batch: see make_inline_calls
+                continue
             await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
         for item in out.vault:
             await send(event, vault_topic, item["method_id"].encode(),
@@ -391,13 +403,89 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             log.exception("processing %s failed", event.message.topic)
             await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
 
+    gateway_options = executor_options(s)
+    outcomes_topic_name = topics.gateway_outcomes(s.app_id)
+    # Gateway calls decided by the inputs of the batch in hand (None: calls go to the executor).
+    inline_calls: list[tuple[Any, Any]] | None = [] if s.gateway_inline else None
+    inline_wait_s = s.gateway_inline_wait_ms / 1000
+
+    async def make_inline_calls() -> set[str | None]:
+        """Carry out the batch's gateway calls now, concurrently, and apply their replies in the
+        batch's transactions; returns the transactions lost to a rebalance meanwhile.
+
+        A call's reply is applied like one from the gateway-replies topic (and published, marked
+        applied, on the gateway-outcomes topic, which the sink reads for the transaction history
+        and the agent never reads back), so the payment usually completes in
+        the transaction of the command that started it: one input and one commit, not two of
+        each plus two hops through Kafka. Calls the replies lead to (a capture, a queued command's
+        call) are made in the next round. A call not answered within ``gateway_inline_wait_ms``,
+        or beyond the last round, goes to the gateway-calls topic as before: the executor makes it
+        again under the same idempotency key, so the gateway answers it once (the inline try is
+        cancelled; at worst its key is still busy and the outcome is unknown, for the reconciler).
+        A crash before the commit aborts the replies with the inputs; the inputs are applied again
+        and the gateway replays its answers by key.
+        """
+        lost: set[str | None] = set()
+        if not inline_calls:
+            return lost
+        deadline = asyncio.get_running_loop().time() + inline_wait_s
+        for round_ in range(INLINE_ROUNDS + 1):
+            work = list(inline_calls)
+            inline_calls.clear()
+            if not work:
+                break
+            tasks: list[asyncio.Future[dict[str, Any]] | None] = [None] * len(work)
+            if round_ < INLINE_ROUNDS:
+                started = [asyncio.ensure_future(execute(w.gateways, call, s.gateway_timeout_s, **gateway_options,
+                                                         unseal=lambda c: unseal_call(keyring, c)))
+                           for _, call in work]
+                wait_s = deadline - asyncio.get_running_loop().time()
+                if wait_s > 0:
+                    await asyncio.wait(started, timeout=wait_s)
+                tasks = list(started)
+            for (event, call), task in zip(work, tasks, strict=True):
+                tid = transactional_id(app, event)
+                answered = task is not None and task.done() and not task.cancelled() and task.exception() is None
+                if task is not None and not task.done():
+                    task.cancel()
+                if tid in lost:
+                    continue
+                set_current_event(event)
+                partition = event.message.partition
+                try:
+                    if not answered:
+                        metrics.GATEWAY_INLINE.labels("handed_over").inc()
+                        await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
+                        continue
+                    assert task is not None
+                    reply = task.result()
+                    try:
+                        out = processor.handle_input(call.payment_id, reply_input(reply), now_ms(), partition)
+                    except Exception:  # a bug: the executor's reply will meet it again, and be dead-lettered
+                        log.exception("applying the inline reply of %s failed: handed over", call.idempotency_key)
+                        metrics.GATEWAY_INLINE.labels("handed_over").inc()
+                        await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
+                        continue
+                    reply["meta"]["applied"] = INLINE
+                    metrics.GATEWAY_INLINE.labels("applied").inc()
+                    await send(event, outcomes_topic_name, call.payment_id.encode(), json.dumps(reply).encode(),
+                               partition)
+                    note_ignored("reply", call.payment_id, out)
+                    await publish(event, out)  # its calls join the next round
+                except PartitionLost as exc:
+                    lost.add(tid)
+                    log.warning("partition lost to a rebalance while applying a gateway reply (%s)", exc)
+        inline_calls.clear()
+        return lost
+
     # Each input offset applied exactly once, in order, whatever the consumer delivers: the
     # last applied offset per partition lives in `applied_offsets`, committed with the outputs;
     # redeliveries are skipped, gaps healed, an input faust drops is not acknowledged but
     # fetched again (F11), and inputs are applied between two commits (F10). See
     # streams/input_guard.py; the fraud agents use the same guard.
     guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection()),
-                       commit_when_idle=s.commit_when_idle).install()
+                       commit_when_idle=s.commit_when_idle, max_batch=s.input_batch_max,
+                       on_batch_end=make_inline_calls if inline_calls is not None else None).install()
 
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
@@ -406,7 +494,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     executor = GatewayExecutor(
         bootstrap=s.kafka_connection(), group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
         replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
-        max_in_flight=s.gateway_batch_size, **executor_options(s),
+        max_in_flight=s.gateway_batch_size, **gateway_options,
         unseal=lambda call: unseal_call(keyring, call),
     )
 

@@ -175,7 +175,7 @@ def sink() -> None:
     try:
         codec = codecs(registry_client(s.registry_conf()))[topics.EVENTS]
         EventSink(s.kafka_connection(), s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s,
-                  replies_topic=topics.gateway_replies(s.app_id), status=status).run(stopping)
+                  replies_topic=topics.replies_history(s.app_id), status=status).run(stopping)
     finally:
         server.shutdown()
 

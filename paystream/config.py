@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr = SecretStr("sk_test_123")
     gateway_timeout_s: float = Field(10.0, description="after this a gateway call's outcome is unknown")
     gateway_batch_size: int = Field(256, description="gateway calls carried out concurrently per batch")
+    gateway_inline: bool = Field(
+        True, description="the payments agent carries out the gateway calls its inputs decide in the same batch "
+        "and transaction (concurrently, idempotency keys make a repeat safe); a call not answered within "
+        "gateway_inline_wait_ms goes to the gateway-calls topic and the executor instead")
+    gateway_inline_wait_ms: int = Field(
+        500, ge=0, description="how long a batch of inputs waits for its inline gateway calls before handing the "
+        "unanswered ones over to the executor (the batch's partitions do not commit meanwhile)")
+    input_batch_max: int = Field(
+        500, ge=1, description="the payments agent applies up to this many inputs already waiting as one batch: "
+        "one applied-offset write per partition, gateway calls made concurrently (1: one input at a time)")
     gateway_retry_max_tries: int = Field(
         3, ge=1,
         description="tries of one gateway call under the same idempotency key while the gateway answers "

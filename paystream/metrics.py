@@ -44,6 +44,16 @@ COMMIT_SECONDS = Histogram(
 )
 IDLE_COMMITS = Counter("paystream_idle_commits_total",
                        "Exactly-once commits asked for because the payments agent had no input waiting")
+INPUT_BATCH = Histogram(
+    "paystream_input_batch_messages", "Inputs the payments agent applied as one batch (between two commits)",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+GATEWAY_INLINE = Counter(
+    "paystream_gateway_inline_calls_total",
+    "Gateway calls made inside the batch that decided them: answered and applied in its transaction, or handed "
+    "over to the gateway executor (not answered within gateway_inline_wait_ms, or more rounds than allowed)",
+    ["outcome"],
+)
 UNKNOWN_PENDING = Gauge("paystream_unknown_outcomes_pending", "Payments whose gateway outcome is unknown")
 UNKNOWN_OLDEST_AGE = Gauge("paystream_unknown_outcome_oldest_age_seconds", "Age of the oldest unknown outcome")
 QUEUED = Counter("paystream_commands_queued_total", "Commands that waited for a payment's gateway call")

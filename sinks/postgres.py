@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -320,7 +320,7 @@ class EventSink:
         group: str = "paystream-sink",
         batch_size: int = 500,
         batch_wait_s: float = 0.2,
-        replies_topic: str | None = topics.gateway_replies("paystream"),
+        replies_topic: str | Sequence[str] | None = tuple(topics.replies_history("paystream")),
         status: SinkStatus | None = None,
         consumer: Consumer | None = None,
         dead_letters: bool = True,
@@ -329,7 +329,8 @@ class EventSink:
         ``dead_letters=False``: an undecodable message is only counted in ``skipped`` (a rebuild
         must not dead-letter the same message a second time)."""
         self.dsn = dsn
-        self.replies_topic = replies_topic
+        # The gateway-reply topics (executor replies and inline-applied ones), read into payment_transactions.
+        self.replies_topics = [replies_topic] if isinstance(replies_topic, str) else list(replies_topic or ())
         self.status = status or SinkStatus()
         self._last_ping = 0.0
         self.codec = codec
@@ -496,7 +497,7 @@ class EventSink:
             self.status.assigned = frozenset()
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        subscribed = [topics.EVENTS] + ([self.replies_topic] if self.replies_topic else [])
+        subscribed = [topics.EVENTS, *self.replies_topics]
         self.consumer.subscribe(subscribed, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         self.ping()  # the gauge and /ready say at once whether Postgres is reachable

@@ -59,7 +59,7 @@ class RebuildError(RuntimeError):
 
 def source_topics(source: str, app_id: str) -> list[str]:
     if source == "events":
-        return [topics.EVENTS, topics.gateway_replies(app_id)]
+        return [topics.EVENTS, *topics.replies_history(app_id)]
     if source == "methods":
         return [topics.vault(app_id)]
     if source == "audit":
@@ -364,7 +364,7 @@ def rebuild(
             sink: MessageStore
             if source == "events":
                 event_sink = EventSink(bootstrap, dsn, codec,  # type: ignore[arg-type]
-                                       replies_topic=names[1], consumer=consumer, dead_letters=False)
+                                       replies_topic=names[1:], consumer=consumer, dead_letters=False)
                 sink = event_sink
             elif source == "methods":
                 sink = VaultSink(bootstrap, dsn, names[0], "unused", consumer=consumer)

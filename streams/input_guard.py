@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
@@ -139,6 +140,19 @@ class GapReader:
 
 
 Handler = Callable[[Any], Awaitable[None]]
+#: Called once a batch's inputs were handled, before their offsets are recorded and they are
+#: acknowledged: the handler's deferred work (inline gateway calls). Returns the transactions
+#: (``transactional_id``) lost to a rebalance meanwhile: their inputs are left to the new owner.
+BatchEnd = Callable[[], Awaitable[set[str | None]]]
+
+
+def set_current_event(event: Any) -> None:
+    """Make ``event`` faust's current event: a table write goes to the changelog partition (and
+    the transaction) of the current event, so work done for an input after the stream moved on
+    (a batch) must name its input first."""
+    from faust.streams import _current_event
+
+    _current_event.set(weakref.ref(event))
 
 
 class IdleCommitter:
@@ -200,8 +214,11 @@ class InputGuard:
     """
 
     def __init__(self, app: faust.App, table: Any, topics: Collection[str], handle: Handler,
-                 gaps: GapReader, *, commit_when_idle: bool = False) -> None:
+                 gaps: GapReader, *, commit_when_idle: bool = False, max_batch: int = 1,
+                 on_batch_end: BatchEnd | None = None) -> None:
         self.app, self.table, self.topics, self.handle, self.gaps = app, table, frozenset(topics), handle, gaps
+        self.max_batch = max(1, max_batch)
+        self.on_batch_end = on_batch_end
         self.idle_committer = IdleCommitter(app) if commit_when_idle else None
         self.refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
         self._refetching: set[asyncio.Future[None]] = set()
@@ -228,12 +245,18 @@ class InputGuard:
         """Apply one input: skip a redelivery, heal a gap first, remember the offset."""
         m = event.message
         key = self._key(m.topic, m.partition)
-        last = self.table.get(key)
+        if await self._apply_after(event, self.table.get(key)):
+            self.table[key] = m.offset
+
+    async def _apply_after(self, event: Any, last: int | None) -> bool:
+        """Apply ``event`` given the partition's last applied offset; False for a redelivery."""
+        m = event.message
+        key = self._key(m.topic, m.partition)
         if last is not None and m.offset <= last:
             end = self.partition_end(TP(m.topic, m.partition))
             if not applied_offset_is_stale(last, end):
                 metrics.REDELIVERED.labels(m.topic).inc()
-                return
+                return False
             metrics.STALE_APPLIED_OFFSETS.labels(m.topic).inc()
             log.error("applied offset %d of %s lies beyond the partition's end (%s): the topic was recreated "
                       "without this app's changelogs; applying from offset %d on", last, key, end, m.offset)
@@ -247,7 +270,7 @@ class InputGuard:
             for msg in missing:
                 await self.handle(Replayed(msg))
         await self.handle(event)
-        self.table[key] = m.offset
+        return True
 
     def owned(self, event: Any) -> bool:
         m = event.message
@@ -255,6 +278,9 @@ class InputGuard:
 
     async def consume(self, stream: faust.StreamT[bytes]) -> None:
         """The agent's loop: each input applied and acked as a whole between two commits."""
+        if self.max_batch > 1 or self.on_batch_end is not None:
+            await self.consume_batches(stream)
+            return
         async for event in stream.events():
             async with commit_lock(self.app):
                 if not self.owned(event):
@@ -273,6 +299,62 @@ class InputGuard:
                 faust_fixes.end_input(self.app)
             if self.idle_committer is not None and self.app.in_transaction and input_queue_empty(stream):
                 self.idle_committer.poke()
+
+    async def consume_batches(self, stream: faust.StreamT[bytes]) -> None:
+        """The agent's loop in batches: the inputs already delivered (up to ``max_batch``) are
+        applied in offset order as one unit between two commits, then ``on_batch_end`` runs,
+        then each partition's last applied offset is written once and the inputs are acked.
+
+        faust's stream acknowledges an event when the loop asks for the next one, which in a
+        batch would be before the event is applied: its own acks are off here, and every input
+        is acknowledged by ``stream.ack`` (through the ack guard) once the batch is applied.
+        """
+        stream.enable_acks = False
+        events = stream.events().__aiter__()
+        while not self.app.should_stop:
+            try:
+                batch = [await events.__anext__()]
+                while len(batch) < self.max_batch and not input_queue_empty(stream):
+                    batch.append(await events.__anext__())
+            except StopAsyncIteration:
+                return
+            metrics.INPUT_BATCH.observe(len(batch))
+            async with commit_lock(self.app):
+                faust_fixes.begin_input(self.app)  # left open if the batch stops half-way: see faust_fixes
+                await self.apply_batch(batch)
+                for event in batch:
+                    await stream.ack(event)
+                faust_fixes.end_input(self.app)
+            if self.idle_committer is not None and self.app.in_transaction and input_queue_empty(stream):
+                self.idle_committer.poke()
+
+    async def apply_batch(self, batch: list[Any]) -> None:
+        """Apply a batch of inputs (see ``consume_batches``); an input whose transaction was
+        closed by a rebalance, before or while the batch was applied, is left to the new owner."""
+        lost: set[str | None] = set()
+        last: dict[str, int | None] = {}  # "topic:partition" -> last applied offset, as the batch goes
+        writer: dict[str, Any] = {}  # "topic:partition" -> the input whose partition receives its write
+        for event in batch:
+            m = event.message
+            tid = transactional_id(self.app, event)
+            if tid in lost or not self.owned(event):
+                metrics.REVOKED_SKIPPED.inc()  # revoked while buffered: the new owner applies it
+                continue
+            key = self._key(m.topic, m.partition)
+            set_current_event(event)
+            try:
+                if await self._apply_after(event, last[key] if key in last else self.table.get(key)):
+                    last[key], writer[key] = m.offset, event
+            except PartitionLost as exc:
+                lost.add(tid)
+                log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner", exc)
+        if self.on_batch_end is not None:
+            lost |= await self.on_batch_end()
+        for key, event in writer.items():
+            if transactional_id(self.app, event) in lost:
+                continue
+            set_current_event(event)
+            self.table[key] = last[key]
 
     def on_refused(self, message: Any) -> None:
         metrics.ACK_REFUSED.labels(message.topic).inc()

@@ -48,6 +48,18 @@ def gateway_replies(app_id: str) -> str:
     return f"{app_id}-gateway-replies"
 
 
+def gateway_outcomes(app_id: str) -> str:
+    """Internal: gateway replies the payments agent applied inline, in the transaction of the batch
+    that made the call (key payment_id; same records as the gateway replies). History for the
+    sink's payment_transactions; the agent never reads it back."""
+    return f"{app_id}-gateway-outcomes"
+
+
+def replies_history(app_id: str) -> list[str]:
+    """The topics holding every gateway reply: the executor's, and the ones applied inline."""
+    return [gateway_replies(app_id), gateway_outcomes(app_id)]
+
+
 def vault(app_id: str) -> str:
     """Internal: saved payment methods for the vault sink (key method id; sealed token and masked
     card data only, never on payment.events). Compacted: an erasure supersedes older records."""
@@ -112,7 +124,7 @@ class TopicSettings:
 
 def record_topics(app_id: str) -> list[str]:
     """The history Postgres is built from: kept indefinitely by default, replayed by a rebuild."""
-    return [EVENTS, DEADLETTER, gateway_replies(app_id), audit(app_id)]
+    return [EVENTS, DEADLETTER, *replies_history(app_id), audit(app_id)]
 
 
 def compacted_topics(app_id: str) -> list[str]:
@@ -153,7 +165,7 @@ AVRO_TOPICS = (
 
 
 def all_topics(app_id: str) -> list[str]:
-    return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), gateway_replies(app_id),
+    return [REQUESTS, WEBHOOKS, EVENTS, DEADLETTER, gateway_calls(app_id), *replies_history(app_id),
             vault(app_id), audit(app_id), *(changelog(app_id, t) for t in TABLES),
             fraud_checks(app_id), fraud_verdicts(app_id), fraud_admin(app_id)]
 

@@ -215,9 +215,14 @@ def test_saved_method_lifecycle_keeps_the_token_off_events_and_encrypted_in_post
         assert not find_pan(text), (msg.topic(), msg.partition(), msg.offset())
         scanned += 1
     assert scanned > 0
-    # The internal gateway-calls topic carries it sealed only: the executor opens it in memory.
-    calls = list(read_topic(bootstrap, "paystream-gateway-calls"))
-    assert calls and not any(token.encode() in message_bytes(msg) for msg in calls)
+    # The internal topics around a gateway call carry it sealed only: the call is made with the
+    # token opened in memory, inline by the payments agent or by the executor from the sealed
+    # gateway-calls record; the payment's state keeps it sealed for retries after a restart.
+    for topic in ("paystream-gateway-calls", "paystream-payments-changelog", "paystream-gateway-outcomes",
+                  "paystream-gateway-replies"):
+        records = list(read_topic(bootstrap, topic))
+        assert not any(token.encode() in message_bytes(msg) for msg in records), topic
+        assert records or topic == "paystream-gateway-calls", f"{topic} is empty: nothing was checked"
     # ... nor in any Postgres table.
     assert token not in pg_dump(pg_dsn)
 

@@ -60,6 +60,6 @@ def test_dsn_handling() -> None:
     assert database_name(target_dsn(dsn, None)) == "paystream"
     with pytest.raises(RebuildError):
         database_name("host=127.0.0.1")
-    assert source_topics("events", "ps") == ["payment.events", "ps-gateway-replies"]
+    assert source_topics("events", "ps") == ["payment.events", "ps-gateway-replies", "ps-gateway-outcomes"]
     with pytest.raises(ValueError):
         source_topics("nope", "ps")

@@ -11,7 +11,8 @@ from streams.topics import TopicSettings, topic_config
 
 
 def test_record_topics_are_kept_indefinitely_by_default() -> None:
-    for name in (topics.EVENTS, topics.DEADLETTER, topics.gateway_replies("ps"), topics.audit("ps")):
+    for name in (topics.EVENTS, topics.DEADLETTER, topics.gateway_replies("ps"), topics.gateway_outcomes("ps"),
+                 topics.audit("ps")):
         assert topic_config("ps", name) == {"min.insync.replicas": "1", "cleanup.policy": "delete",
                                             "retention.ms": "-1"}, name
 
