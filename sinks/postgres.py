@@ -115,14 +115,16 @@ WHERE r.last_sequence < EXCLUDED.last_sequence
 UPSERT_TRANSACTION = """
 INSERT INTO payment_transactions AS t (payment_id, kind, operation, idempotency_key, attempt, gateway, gateway_ref,
                                        status, decline_code, error_code, latency_ms, created_at, updated_at,
-                                       kafka_partition, kafka_offset)
+                                       kafka_partition, kafka_offset, kafka_topic)
 VALUES (%(payment_id)s, %(kind)s, %(operation)s, %(idempotency_key)s, %(attempt)s, %(gateway)s, %(gateway_ref)s,
-        %(status)s, %(decline_code)s, %(error_code)s, %(latency_ms)s, %(at)s, %(at)s, %(partition)s, %(offset)s)
+        %(status)s, %(decline_code)s, %(error_code)s, %(latency_ms)s, %(at)s, %(at)s, %(partition)s, %(offset)s,
+        %(topic)s)
 ON CONFLICT (idempotency_key, kind) DO UPDATE SET
     gateway_ref = COALESCE(EXCLUDED.gateway_ref, t.gateway_ref),
     status = EXCLUDED.status, decline_code = EXCLUDED.decline_code, error_code = EXCLUDED.error_code,
     latency_ms = EXCLUDED.latency_ms, updated_at = EXCLUDED.updated_at,
-    kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset
+    kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset,
+    kafka_topic = EXCLUDED.kafka_topic
 WHERE t.kind = 'reconcile' AND t.updated_at < EXCLUDED.updated_at
 """
 
@@ -145,7 +147,8 @@ def _attempt_from_key(key: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def transaction_row(value: Any, partition: int, offset: int, timestamp_ms: int | None = None) -> dict[str, Any]:
+def transaction_row(value: Any, partition: int, offset: int, timestamp_ms: int | None = None,
+                    topic: str | None = None) -> dict[str, Any]:
     """Map a reply record to a row; replies written before ``meta`` existed still map (fewer columns)."""
     if not isinstance(value, dict) or value.get("kind") not in ("reply", "reconcile"):
         raise BadReply("not a gateway reply record")
@@ -176,6 +179,7 @@ def transaction_row(value: Any, partition: int, offset: int, timestamp_ms: int |
         "at": _ts(int(at_ms)),
         "partition": partition,
         "offset": offset,
+        "topic": topic,
     }
 
 
@@ -416,7 +420,8 @@ class EventSink:
         try:
             value = json.loads(msg.value() or b"")
             _, ts = msg.timestamp()
-            row = transaction_row(value, msg.partition() or 0, msg.offset() or 0, ts if ts > 0 else None)
+            row = transaction_row(value, msg.partition() or 0, msg.offset() or 0, ts if ts > 0 else None,
+                                  msg.topic())
         except (ValueError, TypeError) as exc:  # BadReply, JSON errors, odd field types
             self._dead_letter(msg, f"gateway reply: {type(exc).__name__}: {str(exc)[:200]}")
             return None

@@ -28,12 +28,13 @@ def reply(kind: str = "reply", meta: dict[str, object] | None = None, **inp: obj
 def test_reply_with_meta_maps_every_column() -> None:
     row = transaction_row(reply(meta={"gateway": "simulated", "operation": "authorize", "attempt": 0,
                                       "latency_ms": 42, "error_code": None, "replied_at": 1_700_000_000_000}),
-                          partition=3, offset=17)
+                          partition=3, offset=17, topic="ps-gateway-outcomes")
     assert row == {
         "payment_id": "pay-1", "kind": "reply", "operation": "authorize", "idempotency_key": "ps-pay-1-authorize-0",
         "attempt": 0, "gateway": "simulated", "gateway_ref": "ch_1", "status": "declined",
         "decline_code": "insufficient_funds", "error_code": None, "latency_ms": 42,
         "at": datetime.fromtimestamp(1_700_000_000, tz=UTC), "partition": 3, "offset": 17,
+        "topic": "ps-gateway-outcomes",
     }
 
 
