@@ -23,6 +23,10 @@ token                                  amount%100   outcome
 ``tok_decline_processing_error``       56           402 declined ``processing_error``
 ``tok_3ds``                            57           ``requires_action`` with an action URL
 ``tok_timeout``                        58           charged, response delayed ``hang_ms``
+``tok_timeout_<n>`` (n = 1..9)                      the same, and the first n replays under the
+                                                    key are delayed too (answers that keep
+                                                    getting lost: a retry under the key times
+                                                    out as well; a lookup finds the charge)
 ``tok_5xx``                            59           500, nothing charged (stored, replayed)
 ``tok_slow``                           60           approved, response delayed ``slow_ms``
 ``tok_refund_fail``                                 approved; every refund on it fails
@@ -132,6 +136,7 @@ _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _TOKEN_RE = re.compile(r"^(tok|pm)_[A-Za-z0-9_]{1,100}$")
 _DIGIT_RUN_RE = re.compile(r"\d{12,}")
 _FLAKY_RE = re.compile(r"^tok_flaky_([1-9])$")
+_TIMEOUT_REPLAYS_RE = re.compile(r"^tok_timeout_([1-9])$")
 _CHARGE_THEN_5XX_RE = re.compile(r"^tok_5xx_after_charge(?:_([1-9]))?$")
 
 
@@ -259,6 +264,7 @@ class SimulatedGatewayEngine:
         self._refund_counter = 0
         self._event_counter = 0
         self._refused_at_front: dict[str, int] = {}  # tok_flaky_<n>: 503s served per idempotency key
+        self._hung_replays: dict[str, int] = {}  # tok_timeout_<n>: delayed replays served per idempotency key
         self._detached: dict[str, str] = {}  # saved-method token -> idempotency key of its detach
         self._charged_then_failed: dict[str, int] = {}  # tok_5xx_after_charge*: lies told per payment_id
 
@@ -332,6 +338,10 @@ class SimulatedGatewayEngine:
         )
         replay = self._replay(idempotency_key, fingerprint)
         if replay:
+            sticky = _TIMEOUT_REPLAYS_RE.match(payment_method_token)
+            if sticky is not None and self._hung_replays.get(idempotency_key, 0) < int(sticky.group(1)):
+                self._hung_replays[idempotency_key] = self._hung_replays.get(idempotency_key, 0) + 1
+                replay = dataclasses.replace(replay, delay_ms=replay.delay_ms + self._config.hang_ms)
             return replay
 
         outcome = self._outcome_for(payment_method_token, amount)
@@ -639,7 +649,7 @@ class SimulatedGatewayEngine:
     # -- internals -------------------------------------------------------------------------
 
     def _outcome_for(self, token: str, amount: int) -> Outcome | None:
-        outcome = TOKEN_OUTCOMES.get(token)
+        outcome = TOKEN_OUTCOMES.get("tok_timeout" if _TIMEOUT_REPLAYS_RE.match(token) else token)
         if outcome is None:
             if not _TOKEN_RE.match(token):
                 return None

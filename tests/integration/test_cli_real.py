@@ -183,9 +183,12 @@ def _lines(stream: Any, into: queue.Queue[str]) -> None:
 
 
 def test_tail_shows_new_events_as_readable_lines(stack_env: dict[str, str], worker: Any) -> None:
+    # SIGINT back to its default in the child: a test run started in the background (nohup, `&`)
+    # ignores SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "paystream.cli", "tail"], env={**os.environ, **stack_env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out: queue.Queue[str] = queue.Queue()
     err: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()

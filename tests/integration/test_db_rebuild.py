@@ -245,6 +245,11 @@ def assert_rebuilt_equals_original(original_dsn: str, rebuilt_dsn: str, ends: di
     (see the module's doc); call once the running sink has reached ``ends``. Returns the tables."""
     original = read_tables(original_dsn)
     rebuilt = read_tables(rebuilt_dsn)
+    # A row stored before migration 0006 (a stack kept from an older version) has no topic; the
+    # rebuild names it: not a difference. On a fresh stack every row has its topic.
+    for key, row in original["payment_transactions"].items():
+        if row["kafka_topic"] is None and key in rebuilt["payment_transactions"]:
+            row["kafka_topic"] = rebuilt["payment_transactions"][key]["kafka_topic"]
     for table, count in counts.items():
         if table in rebuilt:
             assert len(rebuilt[table]) == count, table

@@ -91,7 +91,7 @@ def test_a_payment_completes_with_its_gateway_call_made_inline(worker, sink, pro
     # (marked applied inline) for the history, never through the executor's topics.
     [outcome] = records_of(bootstrap, OUTCOMES, pid)
     assert outcome["meta"]["applied"] == "inline"
-    assert (outcome["input"]["operation"], outcome["input"]["status"]) == ("authorize", "succeeded")
+    assert (outcome["input"]["operation"], outcome["input"]["status"]) == ("authorize", "captured")
     assert outcome["input"]["idempotency_key"] == f"ps-{pid}-authorize-0"
     assert records_of(bootstrap, CALLS, pid) == [] and records_of(bootstrap, REPLIES, pid) == []
 
@@ -99,7 +99,7 @@ def test_a_payment_completes_with_its_gateway_call_made_inline(worker, sink, pro
     [charge] = ledger(stack_env, pid)
     assert (charge["status"], charge["amount_captured"]) == ("succeeded", 4_321)
     rows = wait_for(lambda: stored_transactions(pg_dsn, pid), 60, "the inline reply in payment_transactions")
-    assert rows == [("authorize", "succeeded", f"ps-{pid}-authorize-0")]
+    assert rows == [("authorize", "captured", f"ps-{pid}-authorize-0")]
 
 
 def test_a_call_slower_than_the_inline_wait_is_handed_over_and_charges_once(worker, sink, producer, collector,

@@ -14,7 +14,9 @@ def test_timeout_becomes_unknown_then_the_reconciler_finds_the_charge(worker, pr
     metrics_url = f"http://127.0.0.1:{worker.web_port}/metrics"
     resolved_before = value(scrape(metrics_url), "paystream_reconciler_resolutions_total", outcome="applied")
     pid = uid("timeout")
-    cmd = producer.send(create_cmd(pid, amount=4_321, token="tok_timeout"))
+    # tok_timeout_1: the answer is lost, and so is the first replay under the key: the inline try
+    # is abandoned after gateway_inline_wait_ms, the executor's repeat times out too.
+    cmd = producer.send(create_cmd(pid, amount=4_321, token="tok_timeout_1"))
     producer.flush()
     # The worker gives up waiting after its gateway timeout: unknown, not failed.
     assert collector.wait(lambda c: any(e["_type"] == "PaymentOutcomeUnknown" for e in c.by_payment[pid]), 90)

@@ -96,7 +96,7 @@ def test_gateway_replies_are_stored_once_per_attempt(worker, sink, producer: Ord
         visa: producer.send(create_cmd(visa)),
         declined: producer.send(create_cmd(declined, token="tok_decline_insufficient_funds")),
         manual: producer.send(create_cmd(manual, capture_method="manual")),
-        timeout: producer.send(create_cmd(timeout, token="tok_timeout")),
+        timeout: producer.send(create_cmd(timeout, token="tok_timeout_1")),  # lost answer, lost again
     }
     producer.flush()
     assert collector.wait_terminal({p: {c["command_id"]} for p, c in cmds.items() if p != timeout}, 60)

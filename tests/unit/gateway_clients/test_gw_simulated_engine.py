@@ -131,6 +131,16 @@ def test_timeout_token_charges_but_delivers_after_the_hang() -> None:
     assert len(engine.ledger()) == 1
 
 
+def test_timeout_n_token_delays_the_first_n_replays_too() -> None:
+    engine = SimulatedGatewayEngine(SimulatorConfig(hang_ms=5_000))
+    first = _authorize(engine, token="tok_timeout_2")
+    assert first.status_code == 200 and first.delay_ms >= 5_000
+    replays = [_authorize(engine, token="tok_timeout_2") for _ in range(3)]
+    assert all(r.replayed and _ref(r) == _ref(first) for r in replays)
+    assert [r.delay_ms >= 5_000 for r in replays] == [True, True, False]
+    assert len(engine.ledger()) == 1 and engine.ledger()[0].amount_captured == 10_000
+
+
 def test_5xx_token_charges_nothing_and_replays_the_stored_500() -> None:
     engine = SimulatedGatewayEngine()
     first = _authorize(engine, token="tok_5xx")
