@@ -200,9 +200,6 @@ def note_orphans(payment_id: str, decision: Decision) -> None:
                          body.orphan_gateway, body.outcome)
 
 
-DECODED_CACHE_SIZE = 20_000  # payments whose decoded state is kept (see PaymentProcessor._decoded)
-
-
 class PaymentProcessor:
     def __init__(
         self,
@@ -232,42 +229,16 @@ class PaymentProcessor:
         # unknown, a fraud hold): its timer reads these instead of decoding the whole table
         # every tick. Entries recovered from the changelog are found by its periodic full scan.
         self.watched: set[str] = set()
-        # The decoded state of recently saved payments, with the plain value saved for it: a
-        # payment is loaded again moments after it was saved (its gateway reply, in the same
-        # batch), and decoding the table's JSON into the machine's dataclasses was ~5 % of a
-        # worker's time. Used only while the table still holds that very plain value (identity:
-        # a store that copies values, a recovered or changed entry never match).
-        self._decoded: dict[str, tuple[dict[str, Any], PaymentState]] = {}
-        self.decoded_cache_size = DECODED_CACHE_SIZE
 
     # ---------------------------------------------------------------- records
 
     def load(self, payment_id: str, partition: int) -> PaymentRecord:
-        value = self.payments.get(payment_id)
-        cached = self._decoded.get(payment_id)
-        if cached is not None and value and value.get("state") is cached[0]:
-            record = PaymentRecord(state=cached[1], sequence=value.get("sequence", 0),
-                                   queue=list(value.get("queue", [])))
-        else:
-            record = PaymentRecord.from_json(value)
+        record = PaymentRecord.from_json(self.payments.get(payment_id))
         record.partition = partition
         return record
 
     def save(self, payment_id: str, record: PaymentRecord) -> None:
-        cached = self._decoded.get(payment_id)
-        state = record.state
-        if state is None:
-            self._decoded.pop(payment_id, None)
-            self.payments[payment_id] = record.to_json()
-        else:
-            # An unchanged state (frozen dataclasses: the same object) keeps its plain form.
-            plain = cached[0] if cached is not None and cached[1] is state else codec.to_plain(state)
-            self.payments[payment_id] = {"state": plain, "sequence": record.sequence, "queue": record.queue,
-                                         "partition": record.partition}
-            self._decoded.pop(payment_id, None)
-            self._decoded[payment_id] = (plain, state)  # the newest last: evicted oldest first
-            if len(self._decoded) > self.decoded_cache_size:
-                del self._decoded[next(iter(self._decoded))]
+        self.payments[payment_id] = record.to_json()
         if needs_watch(record.state):
             self.watched.add(payment_id)
         else:
