@@ -170,6 +170,7 @@ async def execute(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
     unseal: Callable[[CallGateway], CallGateway] | None = None,
+    limits: GatewayLimits | None = None,
 ) -> dict[str, Any]:
     """One gateway call, each try bounded in time; returns the reply record for the internal topic.
 
@@ -186,7 +187,8 @@ async def execute(
     which holds the money of its existing payments.
 
     ``unseal`` opens the call's sealed token for the gateway client, in memory only: the
-    gateway-calls topic never carries it in clear.
+    gateway-calls topic never carries it in clear. With ``limits``, each try waits for one of
+    the gateway's in-flight slots (never held during a backoff sleep).
     """
     gw = gateways.get(call.gateway)
     if gw is None:
@@ -206,8 +208,14 @@ async def execute(
             return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"circuit of gateway {call.gateway!r} is open",
                           error_code="circuit_open", latency_ms=round((time.monotonic() - t0) * 1000), tries=tries,
                           unavailable=True)
-        started = time.monotonic()
-        outcome = await _try_once(gw, opened, timeout_s)
+        if limits is not None:
+            async with limits.slot(call.gateway):
+                started = time.monotonic()
+                outcome = await _try_once(gw, opened, timeout_s)
+            limits.observe(call.gateway, time.monotonic() - started)
+        else:
+            started = time.monotonic()
+            outcome = await _try_once(gw, opened, timeout_s)
         tries += 1
         GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - started)
         GATEWAY_CALLS.labels(call.gateway, call.operation.value, outcome.status.value).inc()
@@ -226,6 +234,36 @@ async def execute(
 
 
 _NO_RETRY = RetryPolicy(max_tries=1)
+
+
+class GatewayLimits:
+    """At most ``per_gateway`` requests in flight to each gateway (by name), shared by every caller
+    given the same instance: the payments agent's inline calls and the executor. Waiting here is
+    cheap (an asyncio semaphore); waiting in httpx's connection pool is not (its queue is scanned
+    against every connection on each request's completion: quadratic in the queue).
+
+    It also keeps each gateway's typical latency (an exponentially weighted mean of its tries),
+    so the payments agent makes calls inline only to gateways that answer fast."""
+
+    def __init__(self, per_gateway: int, alpha: float = 0.1) -> None:
+        self.per_gateway = per_gateway
+        self.alpha = alpha
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._latency_s: dict[str, float] = {}
+
+    def observe(self, gateway: str, seconds: float) -> None:
+        before = self._latency_s.get(gateway)
+        self._latency_s[gateway] = seconds if before is None else before + self.alpha * (seconds - before)
+
+    def typical_latency_s(self, gateway: str) -> float:
+        """The gateway's recent typical latency (0 before its first answer)."""
+        return self._latency_s.get(gateway, 0.0)
+
+    def slot(self, gateway: str) -> asyncio.Semaphore:
+        sem = self._slots.get(gateway)
+        if sem is None:
+            sem = self._slots[gateway] = asyncio.Semaphore(self.per_gateway)
+        return sem
 
 _STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -295,6 +333,7 @@ def executor_options(settings: Settings) -> dict[str, Any]:
                              cap_s=settings.gateway_retry_cap_s),
         "breakers": breakers,
         "disabled": settings.disabled_gateways(),
+        "limits": GatewayLimits(settings.gateway_max_in_flight),
     }
 
 
@@ -327,7 +366,8 @@ class GatewayExecutor:
                  gateways: Mapping[str, PaymentGateway], timeout_s: float, max_in_flight: int = 256,
                  retry: RetryPolicy | None = None, breakers: Breakers | None = None,
                  disabled: frozenset[str] = frozenset(),
-                 unseal: Callable[[CallGateway], CallGateway] | None = None) -> None:
+                 unseal: Callable[[CallGateway], CallGateway] | None = None,
+                 limits: GatewayLimits | None = None) -> None:
         self.kafka = as_kafka(bootstrap)
         self.group = group
         self.calls_topic = calls_topic
@@ -339,6 +379,7 @@ class GatewayExecutor:
         self.unseal = unseal
         self.breakers = breakers
         self.disabled = disabled
+        self.limits = limits
         self.done = 0
 
     async def run(self) -> None:
@@ -373,7 +414,8 @@ class GatewayExecutor:
             try:
                 call = codec.decode(CallGateway, value)
                 reply = await execute(self.gateways, call, self.timeout_s, retry=self.retry,
-                                      breakers=self.breakers, disabled=self.disabled, unseal=self.unseal)
+                                      breakers=self.breakers, disabled=self.disabled, unseal=self.unseal,
+                                      limits=self.limits)
                 await producer.send_and_wait(self.replies_topic, _json.dumps(reply).encode(),
                                              key=call.payment_id.encode(), partition=tp.partition)
                 self.done += 1

@@ -408,6 +408,8 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     # Gateway calls decided by the inputs of the batch in hand (None: calls go to the executor).
     inline_calls: list[tuple[Any, Any]] | None = [] if s.gateway_inline else None
     inline_wait_s = s.gateway_inline_wait_ms / 1000
+    inline_max_latency_s = s.gateway_inline_max_latency_ms / 1000
+    limits = gateway_options["limits"]
 
     async def make_inline_calls() -> set[str | None]:
         """Carry out the batch's gateway calls now, concurrently, and apply their replies in the
@@ -436,13 +438,16 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                 break
             tasks: list[asyncio.Future[dict[str, Any]] | None] = [None] * len(work)
             if round_ < INLINE_ROUNDS:
-                started = [asyncio.ensure_future(execute(w.gateways, call, s.gateway_timeout_s, **gateway_options,
-                                                         unseal=lambda c: unseal_call(keyring, c)))
-                           for _, call in work]
+                # A gateway slower than gateway_inline_max_latency_ms gets its calls through the
+                # executor at once (None: handed over), so a batch never waits on it.
+                tasks = [asyncio.ensure_future(execute(w.gateways, call, s.gateway_timeout_s, **gateway_options,
+                                                       unseal=lambda c: unseal_call(keyring, c)))
+                         if limits.typical_latency_s(call.gateway) <= inline_max_latency_s else None
+                         for _, call in work]
+                started = [t for t in tasks if t is not None]
                 wait_s = deadline - asyncio.get_running_loop().time()
-                if wait_s > 0:
+                if started and wait_s > 0:
                     await asyncio.wait(started, timeout=wait_s)
-                tasks = list(started)
             for (event, call), task in zip(work, tasks, strict=True):
                 tid = transactional_id(app, event)
                 answered = task is not None and task.done() and not task.cancelled() and task.exception() is None
@@ -454,7 +459,10 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                 partition = event.message.partition
                 try:
                     if not answered:
-                        metrics.GATEWAY_INLINE.labels("handed_over").inc()
+                        if task is None:
+                            metrics.GATEWAY_INLINE.labels("slow_gateway").inc()
+                        else:
+                            metrics.GATEWAY_INLINE.labels("handed_over").inc()
                         await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
                         continue
                     assert task is not None

@@ -131,10 +131,18 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr = SecretStr("sk_test_123")
     gateway_timeout_s: float = Field(10.0, description="after this a gateway call's outcome is unknown")
     gateway_batch_size: int = Field(256, description="gateway calls carried out concurrently per batch")
+    gateway_max_in_flight: int = Field(
+        64, ge=1, description="requests in flight to one gateway from one worker (inline calls and the executor "
+        "together); the rest wait their turn in the worker. Kept below the HTTP clients' 100-connection pools: "
+        "a long queue inside httpx's pool cost quadratic CPU (a 32 s event-loop stall at 50 ms gateway latency)")
     gateway_inline: bool = Field(
         True, description="the payments agent carries out the gateway calls its inputs decide in the same batch "
         "and transaction (concurrently, idempotency keys make a repeat safe); a call not answered within "
         "gateway_inline_wait_ms goes to the gateway-calls topic and the executor instead")
+    gateway_inline_max_latency_ms: float = Field(
+        20.0, ge=0, description="calls are made inline only to gateways whose recent typical latency is below "
+        "this; a slower gateway's calls go to the executor at once, which pipelines them without holding the "
+        "batch's commit (in-process and nearby gateways: inline; a 50-200 ms gateway: the executor)")
     gateway_inline_wait_ms: int = Field(
         500, ge=0, description="how long a batch of inputs waits for its inline gateway calls before handing the "
         "unanswered ones over to the executor (the batch's partitions do not commit meanwhile)")

@@ -50,8 +50,10 @@ INPUT_BATCH = Histogram(
 )
 GATEWAY_INLINE = Counter(
     "paystream_gateway_inline_calls_total",
-    "Gateway calls made inside the batch that decided them: answered and applied in its transaction, or handed "
-    "over to the gateway executor (not answered within gateway_inline_wait_ms, or more rounds than allowed)",
+    "Gateway calls of the payments agent's batches: made inline and applied in the batch's transaction "
+    "(applied), handed over to the gateway executor (handed_over: not answered within gateway_inline_wait_ms, "
+    "or more rounds than allowed), or sent to the executor at once (slow_gateway: typical latency above "
+    "gateway_inline_max_latency_ms)",
     ["outcome"],
 )
 UNKNOWN_PENDING = Gauge("paystream_unknown_outcomes_pending", "Payments whose gateway outcome is unknown")
