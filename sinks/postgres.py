@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from paystream.transport import KafkaTarget, as_kafka
@@ -145,6 +145,31 @@ class StoredReply:
 def _attempt_from_key(key: str) -> int | None:
     tail = key.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else None
+
+
+#: Offset-commit failures that say "not now" (the group coordinator is loading or moving, as right
+#: after a broker restart, or the group is rebalancing): the batch is stored, so the commit is left
+#: to the next batch's, which covers it; records read again meanwhile are stored once (idempotent rows).
+COMMIT_LATER_CODES = frozenset({
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.REQUEST_TIMED_OUT, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._WAIT_COORD,
+})
+
+
+def commit_stored(consumer: Consumer, logger: logging.Logger) -> bool:
+    """Commit the consumer's offsets after a stored batch; False (logged) when the broker said
+    "not now" (``COMMIT_LATER_CODES``). Any other failure raises. A sink crashed here on the
+    coordinator loading after a broker restart (full-size kafka-kill, session 5)."""
+    try:
+        consumer.commit(asynchronous=False)
+        return True
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if not isinstance(err, KafkaError) or err.code() not in COMMIT_LATER_CODES:
+            raise
+        logger.warning("offset commit deferred to the next batch: %s", err.str())
+        return False
 
 
 def transaction_row(value: Any, partition: int, offset: int, timestamp_ms: int | None = None,
@@ -518,7 +543,7 @@ class EventSink:
                 if not self.store_messages(msgs, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
                 self._last_ping = time.monotonic()
-                self.consumer.commit(asynchronous=False)
+                commit_stored(self.consumer, log)
                 self._update_lag()
         finally:
             self.consumer.close()

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from paystream.core.sensitive import scan
 from paystream.security.crypto import CryptoError, is_envelope, key_id_of
 from paystream.transport import KafkaTarget, as_kafka
+from sinks.postgres import commit_stored
 
 if TYPE_CHECKING:
     from sinks.postgres import SinkStatus
@@ -202,7 +203,7 @@ class JsonTopicSink:
                     continue
                 if not self.store_messages(msgs, stop):
                     return  # stopping before Postgres took the batch: offsets stay uncommitted
-                self.consumer.commit(asynchronous=False)
+                commit_stored(self.consumer, log)
                 self._update_lag()
         finally:
             self.consumer.close()
