@@ -7,6 +7,7 @@ cannot interpret is UNKNOWN (the reconciler asks the gateway later), never a fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -208,14 +209,11 @@ async def execute(
             return _reply(call, ReplyStatus.RETRYABLE_ERROR, message=f"circuit of gateway {call.gateway!r} is open",
                           error_code="circuit_open", latency_ms=round((time.monotonic() - t0) * 1000), tries=tries,
                           unavailable=True)
-        if limits is not None:
-            async with limits.slot(call.gateway):
-                started = time.monotonic()
-                outcome = await _try_once(gw, opened, timeout_s)
-            limits.observe(call.gateway, time.monotonic() - started)
-        else:
+        async with limits.slot(call.gateway) if limits is not None else contextlib.nullcontext():
             started = time.monotonic()
             outcome = await _try_once(gw, opened, timeout_s)
+        if limits is not None:
+            limits.observe(call.gateway, time.monotonic() - started)
         tries += 1
         GATEWAY_LATENCY.labels(call.gateway, call.operation.value).observe(time.monotonic() - started)
         GATEWAY_CALLS.labels(call.gateway, call.operation.value, outcome.status.value).inc()
