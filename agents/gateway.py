@@ -234,14 +234,20 @@ async def execute(
 _NO_RETRY = RetryPolicy(max_tries=1)
 
 
+LATENCY_SAMPLE_CAP_S = 0.1  # a try counts at most this much in a gateway's typical latency
+
+
 class GatewayLimits:
     """At most ``per_gateway`` requests in flight to each gateway (by name), shared by every caller
     given the same instance: the payments agent's inline calls and the executor. Waiting here is
     cheap (an asyncio semaphore); waiting in httpx's connection pool is not (its queue is scanned
     against every connection on each request's completion: quadratic in the queue).
 
-    It also keeps each gateway's typical latency (an exponentially weighted mean of its tries),
-    so the payments agent makes calls inline only to gateways that answer fast."""
+    It also keeps each gateway's typical latency (an exponentially weighted mean of its tries,
+    from 0, each try counted at most ``LATENCY_SAMPLE_CAP_S``), so the payments agent makes calls
+    inline only to gateways that answer fast. The cap keeps one slow call (a cold first
+    connection, one payment's 2 s answer) from marking a fast gateway slow: it takes a few slow
+    tries in a row."""
 
     def __init__(self, per_gateway: int, alpha: float = 0.1) -> None:
         self.per_gateway = per_gateway
@@ -250,8 +256,8 @@ class GatewayLimits:
         self._latency_s: dict[str, float] = {}
 
     def observe(self, gateway: str, seconds: float) -> None:
-        before = self._latency_s.get(gateway)
-        self._latency_s[gateway] = seconds if before is None else before + self.alpha * (seconds - before)
+        before = self._latency_s.get(gateway, 0.0)
+        self._latency_s[gateway] = before + self.alpha * (min(seconds, LATENCY_SAMPLE_CAP_S) - before)
 
     def typical_latency_s(self, gateway: str) -> float:
         """The gateway's recent typical latency (0 before its first answer)."""

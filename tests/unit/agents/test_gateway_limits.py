@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from agents.gateway import GatewayLimits, execute
 from gateway_clients.protocol import GatewayResult, GatewayStatus
 from paystream.core.machine import CallGateway, GatewayOperation
@@ -72,6 +74,10 @@ def test_typical_latency_follows_the_gateways_answers() -> None:
 
     asyncio.run(run())
     assert 0.009 <= limits.typical_latency_s("a") < 0.5  # CountingGateway answers in ~10 ms
-    limits.observe("a", 0.2)
-    assert limits.typical_latency_s("a") > 0.1  # a slow answer moves it half-way
+    before = limits.typical_latency_s("a")
+    limits.observe("a", 2.0)  # one very slow answer counts as LATENCY_SAMPLE_CAP_S (0.1 s)
+    assert limits.typical_latency_s("a") == pytest.approx(before + 0.5 * (0.1 - before))
+    for _ in range(5):
+        limits.observe("a", 0.2)  # slow answers in a row: it becomes slow
+    assert limits.typical_latency_s("a") > 0.09
     assert limits.typical_latency_s("b") == 0.0
