@@ -16,6 +16,7 @@ Nothing raises out of the loop: a bug in one message dead-letters that message o
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -74,15 +75,28 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@functools.lru_cache(maxsize=256)
+def _ce_time(occurred_at_ms: int) -> bytes:
+    # The events of one input share their time: formatted once, not once per event.
+    return datetime.fromtimestamp(occurred_at_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z").encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _ce_type(event_type: str) -> bytes:
+    return f"io.paystream.{event_type}".encode()
+
+
+_CE_SOURCE = CE_SOURCE.encode()
+
+
 def cloudevent_headers(ev: evs.PaymentEvent) -> list[tuple[str, bytes]]:
     """CloudEvents binary-mode headers, so generic tooling can route payment.events."""
-    when = datetime.fromtimestamp(ev.occurred_at / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
     return [
         ("ce_specversion", b"1.0"),
         ("ce_id", ev.event_id.encode()),
-        ("ce_type", f"io.paystream.{evs.event_type(ev.body)}".encode()),
-        ("ce_source", CE_SOURCE.encode()),
-        ("ce_time", when.encode()),
+        ("ce_type", _ce_type(evs.event_type(ev.body))),
+        ("ce_source", _CE_SOURCE),
+        ("ce_time", _ce_time(ev.occurred_at)),
         ("ce_subject", ev.payment_id.encode()),
         ("content-type", b"application/avro"),
     ]

@@ -28,22 +28,33 @@ class RecordDecodeError(ValueError):
 
 def encode_record(obj: object) -> dict[str, object]:
     """The dataclass as an Avro-ready dict (enums as symbols, tuples as lists/maps)."""
-    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+    cls: type = type(obj)
+    plan = _ENCODE_PLANS.get(cls) or _encode_plan(cls)
+    if plan is None:
         raise TypeError(f"not a dataclass instance: {type(obj).__name__}")
     out: dict[str, object] = {}
-    for field in dataclasses.fields(obj):
-        out[field.name] = _encode_value(getattr(obj, field.name), field.name, type(obj))
+    for name, is_map in plan:
+        value = getattr(obj, name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = {str(k): str(v) for k, v in value} if is_map else list(value)
+        out[name] = value
     return out
 
 
-def _encode_value(value: object, name: str, owner: type) -> object:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple):
-        if _is_map_field(owner, name):
-            return {str(k): str(v) for k, v in value}
-        return list(value)
-    return value
+_ENCODE_PLANS: dict[type, tuple[tuple[str, bool], ...]] = {}
+_DECODE_PLANS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+
+
+def _encode_plan(cls: type) -> tuple[tuple[str, bool], ...] | None:
+    """(field name, whether it is a map field) per field of a dataclass; ``None`` for anything
+    else. Once per class: ``dataclasses.fields`` and the hints cost more than the encoding."""
+    if not dataclasses.is_dataclass(cls) or issubclass(cls, type):
+        return None
+    plan = _ENCODE_PLANS[cls] = tuple((field.name, _is_map_field(cls, field.name))
+                                      for field in dataclasses.fields(cls))
+    return plan
 
 
 @functools.cache
@@ -61,20 +72,35 @@ def decode_record(cls: type[T], data: object, where: str) -> T:
     """Build ``cls`` from a decoded Avro record, checking every field's type strictly."""
     if not isinstance(data, Mapping):
         raise RecordDecodeError(f"{where}: expected a record, got {type(data).__name__}")
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"not a dataclass: {cls!r}")
-    hints = _hints(cls)
     kwargs: dict[str, object] = {}
-    for field in dataclasses.fields(cls):
-        if field.name not in data:
-            if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING:
+    for name, hint, optional in _DECODE_PLANS.get(cls) or _decode_plan(cls):
+        if name not in data:
+            if optional:
                 continue
-            raise RecordDecodeError(f"{where}.{field.name}: missing")
-        kwargs[field.name] = _decode_value(hints[field.name], data[field.name], f"{where}.{field.name}")
+            raise RecordDecodeError(f"{where}.{name}: missing")
+        value = data[name]
+        # The common cases first, without building the field's path (only an error names it).
+        if (hint is str and type(value) is str) or (hint is int and type(value) is int):
+            kwargs[name] = value
+        else:
+            kwargs[name] = _decode_value(hint, value, f"{where}.{name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise RecordDecodeError(f"{where}: {exc}") from exc
+
+
+def _decode_plan(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(field name, type hint, whether it may be left out) per field of a dataclass, once per class."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"not a dataclass: {cls!r}")
+    hints = _hints(cls)
+    plan = _DECODE_PLANS[cls] = tuple(
+        (field.name, hints[field.name],
+         field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING)
+        for field in dataclasses.fields(cls)
+    )
+    return plan
 
 
 def _decode_value(hint: Any, value: object, where: str) -> object:

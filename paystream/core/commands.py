@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -276,9 +277,12 @@ MAX_TEXT_LENGTH: Final = 255  # ids and short text; metadata values are bounded 
 MAX_METADATA_VALUE_LENGTH: Final = 1024
 
 
+_CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f]")
+
+
 def _bad_text(value: str, limit: int) -> bool:
     """Too long, or control characters (NUL cannot even be stored in Postgres text)."""
-    return len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+    return len(value) > limit or _CONTROL_CHARACTER.search(value) is not None
 
 
 def _unprintable_fields(command: Command) -> list[str]:

@@ -8,13 +8,14 @@ envelope (sequence, ids, status and totals from the new state). The envelope's u
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Final
 
-from paystream.core._avro import TYPE_KEY, RecordDecodeError, decode_record, encode_record, split_union
+from paystream.core._avro import RecordDecodeError, decode_record, encode_record, split_union
 from paystream.core.rejections import Rejection
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
 EVENT_NAMESPACE: Final = "io.paystream.events"
 # Fixed namespace for event ids: uuid5(NAMESPACE_URL, "https://paystream.io/ns/payment-event").
 _EVENT_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://paystream.io/ns/payment-event")
+_EVENT_ID_PREFIX: Final = _EVENT_ID_NAMESPACE.bytes
 
 
 class EventDecodeError(RecordDecodeError):
@@ -390,8 +392,15 @@ def command_rejected(rejection: Rejection, command_type: str | None) -> CommandR
 
 
 def event_id(payment_id: str, sequence: int) -> str:
-    """Deterministic event id: uuid5 over (payment_id, sequence); a replay carries the same id."""
-    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{len(payment_id)}:{payment_id}:{sequence}"))
+    """Deterministic event id: uuid5 over (payment_id, sequence); a replay carries the same id.
+
+    The text of ``uuid.uuid5(namespace, name)``, computed without building a ``UUID`` object
+    (three ids per payment; the object and its ``__str__`` cost four times the SHA-1)."""
+    digest = bytearray(hashlib.sha1(_EVENT_ID_PREFIX + f"{len(payment_id)}:{payment_id}:{sequence}".encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,13 +485,13 @@ def from_avro(record: Mapping[str, object]) -> PaymentEvent:
 
 
 def to_avro(event: PaymentEvent) -> dict[str, object]:
-    """The ``PaymentEvent`` dict for fastavro (union branches named in ``"-type"``)."""
-    body = encode_record(event.body)
-    body[TYPE_KEY] = f"{EVENT_NAMESPACE}.{event.body.AVRO_NAME}"
-    totals: dict[str, object] | None = None
+    """The ``PaymentEvent`` dict for fastavro, union branches in its tuple notation
+    ``(full name, record)``: fastavro writes a tuple's branch at once, while a dict marked with
+    ``"-type"`` is validated against every branch of the union first (4x slower per event)."""
+    body = (f"{EVENT_NAMESPACE}.{event.body.AVRO_NAME}", encode_record(event.body))
+    totals: tuple[str, dict[str, object]] | None = None
     if event.totals is not None:
-        totals = encode_record(event.totals)
-        totals[TYPE_KEY] = f"{EVENT_NAMESPACE}.PaymentTotals"
+        totals = (f"{EVENT_NAMESPACE}.PaymentTotals", encode_record(event.totals))
     return {
         "event_id": event.event_id,
         "payment_id": event.payment_id,

@@ -92,7 +92,7 @@ def _inside_identifier(text: str, span: tuple[int, int], identifiers: list[tuple
 def find_pan_spans(text: str) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of PAN-like runs in ``text``, left to right."""
     spans: list[tuple[int, int]] = []
-    if len(text) - len(text.translate(_DROP_ASCII_DIGITS)) < _MIN_PAN_DIGITS:
+    if len(text) < _MIN_PAN_DIGITS or len(text) - len(text.translate(_DROP_ASCII_DIGITS)) < _MIN_PAN_DIGITS:
         return spans  # fewer ASCII digits than the shortest PAN (most fields): nothing to look for
     identifiers = _identifier_spans(text) if len(text) >= _MIN_HEX_ID else []
     for run in _DIGIT_RUN.finditer(text):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ def test_dataclass_fields_mirror_the_avsc(body: EventBody) -> None:
     union = next(f for f in SCHEMA_JSON["fields"] if f["name"] == "event")["type"]
     branch = next(b for b in union if b["name"] == body.AVRO_NAME)
     written: dict[str, Any] = to_avro(_event(body))
-    assert list(written["event"]) == [f["name"] for f in branch["fields"]] + ["-type"]
+    name, record = written["event"]
+    assert name == f"{SCHEMA_JSON['namespace']}.{body.AVRO_NAME}"
+    assert list(record) == [f["name"] for f in branch["fields"]]
 
 
 @pytest.mark.parametrize("body", BODIES, ids=lambda b: b.AVRO_NAME)
@@ -178,3 +181,13 @@ def test_command_rejected_from_a_rejection() -> None:
     assert command_rejected(rejection, "CapturePayment") == CommandRejected(
         "payment_not_found", "no payment with this id", "CapturePayment"
     )
+
+
+@pytest.mark.parametrize("payment_id", ["pay_1", "", "pay_é€😀", "x" * 300, "a:b:c"])
+@pytest.mark.parametrize("sequence", [0, 1, 7, 10**12])
+def test_event_id_is_the_rfc_4122_uuid5_of_the_payment_and_sequence(payment_id: str, sequence: int) -> None:
+    # Event ids are published and deduplicated on: the fast path must give uuid5's exact text.
+    namespace = uuid.uuid5(uuid.NAMESPACE_URL, "https://paystream.io/ns/payment-event")
+    expected = uuid.uuid5(namespace, f"{len(payment_id)}:{payment_id}:{sequence}")
+    assert event_id(payment_id, sequence) == str(expected)
+    assert uuid.UUID(event_id(payment_id, sequence)).version == 5
