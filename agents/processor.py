@@ -154,7 +154,13 @@ class PaymentRecord:
 def needs_watch(state: PaymentState | None) -> bool:
     """Whether the reconciler has something to do for this state: an operation whose outcome
     is unknown (``reconcile_effects``) or a payment held by a fraud check."""
-    return state is not None and (state.fraud is not None or bool(reconcile_effects(state)))
+    if state is None:
+        return False
+    if state.fraud is not None:
+        return True
+    if state.pending is None and not state.refunds and not state.orphans:
+        return False  # nothing reconcile_effects could list (most payments): no calls built to see it
+    return bool(reconcile_effects(state))
 
 
 _WATCHED_REFUND = "pending"

@@ -146,6 +146,18 @@ Handler = Callable[[Any], Awaitable[None]]
 BatchEnd = Callable[[], Awaitable[set[str | None]]]
 
 
+def current_assignment(app: faust.App) -> Collection[tuple[str, int]]:
+    """The partitions the consumer holds now, as aiokafka keeps them: an immutable set of
+    (topic, partition) named tuples, replaced at each rebalance. faust's ``assignment()``
+    copies it into a set of new ``TP`` tuples on every call (2 % of a worker when asked once
+    per input); a (topic, partition) tuple is found in either, the same way."""
+    thread = getattr(app.consumer, "_thread", None)
+    ensure = getattr(thread, "_ensure_consumer", None)
+    if ensure is None:  # not the threaded aiokafka consumer: faust's own answer
+        return cast(Collection[tuple[str, int]], app.consumer.assignment())
+    return cast(Collection[tuple[str, int]], ensure().assignment())
+
+
 def set_current_event(event: Any) -> None:
     """Make ``event`` faust's current event: a table write goes to the changelog partition (and
     the transaction) of the current event, so work done for an input after the stream moved on
@@ -274,7 +286,7 @@ class InputGuard:
 
     def owned(self, event: Any) -> bool:
         m = event.message
-        return not self.app.in_transaction or TP(m.topic, m.partition) in self.app.consumer.assignment()
+        return not self.app.in_transaction or (m.topic, m.partition) in current_assignment(self.app)
 
     async def consume(self, stream: faust.StreamT[bytes]) -> None:
         """The agent's loop: each input applied and acked as a whole between two commits."""

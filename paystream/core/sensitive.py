@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 __all__ = [
@@ -43,7 +43,7 @@ _MAX_PAN_DIGITS: Final = 19
 # Digit groups joined by exactly one space or dash, not touching further digits.
 _DIGIT_RUN: Final = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
 _GROUP: Final = re.compile(r"\d+")
-_PAN_CANDIDATE: Final = re.compile(r"\d(?:[ -]?\d){12}")
+_PAN_CANDIDATE: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12}")  # ASCII digits: luhn_valid takes no others
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX_ID: Final = re.compile(r"[0-9a-fA-F]{20,}")
 _MIN_HEX_ID: Final = 20
@@ -216,36 +216,41 @@ def plainly_clean(obj: object, *, integers: bool = True, max_text: int | None = 
     PAN in any one of them is still a run of the joined text. Anything else (bytes, dataclasses,
     sets, deep nesting, a candidate run, a CVV-like name): False, and the full ``scan`` decides.
     """
+    limit = max_text if max_text is not None else -1
     parts: list[str] = []
-
-    def collect(value: object, name: str | None, depth: int) -> bool:
-        if name is not None:
-            if (_cvv_name_cached(name) if len(name) <= 64 else _cvv_name(name)) or (
-                    max_text is not None and len(name) > max_text):
-                return False
-            parts.append(name)
-        kind = type(value)
-        if kind is str:
-            if max_text is not None and len(value) > max_text:  # type: ignore[arg-type]
-                return False
-            parts.append(value)  # type: ignore[arg-type]
-            return True
-        if kind is int:
-            if integers:
-                parts.append(str(value))
-            return True
-        if value is None or kind is bool or kind is float:
-            return True
+    pending: list[tuple[object, int]] = [(obj, 0)]  # containers still to read, with their depth
+    while pending:
+        container, depth = pending.pop()
         if depth >= _PLAIN_MAX_DEPTH:
             return False
-        if kind is dict:
-            return all(type(key) is str and collect(child, key, depth + 1)
-                       for key, child in value.items())  # type: ignore[attr-defined]
-        if kind is list or kind is tuple:
-            return all(collect(child, None, depth + 1) for child in value)  # type: ignore[attr-defined]
-        return False
-
-    return collect(obj, None, 0) and _PAN_CANDIDATE.search("\0".join(parts)) is None
+        if type(container) is dict:
+            items: Iterable[tuple[object, object]] = container.items()
+        elif type(container) is list or type(container) is tuple:
+            items = ((None, child) for child in container)
+        else:
+            items = ((None, container),)  # a scalar at the top
+        for name, value in items:
+            if name is not None:
+                if type(name) is not str or (_cvv_name_cached(name) if len(name) <= 64 else _cvv_name(name)):
+                    return False
+                if 0 <= limit < len(name):
+                    return False
+                parts.append(name)
+            kind = type(value)
+            if kind is str or (isinstance(value, str) and kind is not bool):  # StrEnum members too
+                if 0 <= limit < len(value):  # type: ignore[arg-type]
+                    return False
+                parts.append(value)  # type: ignore[arg-type]
+            elif kind is int:
+                if integers:
+                    parts.append(str(value))
+            elif value is None or kind is bool or kind is float:
+                pass
+            elif kind is dict or kind is list or kind is tuple:
+                pending.append((value, depth + 1))
+            else:
+                return False  # bytes, sets, dataclasses, other numbers: the walk decides
+    return _PAN_CANDIDATE.search("\0".join(parts)) is None
 
 
 def scan(obj: object, *, integers: bool = True) -> list[str]:
