@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from paystream.client import create_payment
 from paystream.config import Settings
+from paystream.consuming import take_available
 from paystream.core.events import TERMINAL_EVENTS
 from streams import topics
 from streams.avro import AvroCodec, codecs, registry_client
@@ -161,7 +162,7 @@ class TerminalWatcher:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                msgs = self.consumer.consume(1000, 0.05)
+                msgs = take_available(self.consumer, 1000, 0.05)
                 now = time.time()
                 for msg in msgs:
                     if msg.error() is not None:

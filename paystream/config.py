@@ -194,7 +194,9 @@ class Settings(BaseSettings):
     )
     idempotency_retention_s: int = Field(7 * 24 * 3600, description="how long command ids are remembered")
     sink_batch_size: int = 500
-    sink_batch_wait_s: float = 0.2
+    sink_batch_wait_s: float = Field(
+        0.2, gt=0, description="how long an idle sink waits for a first message; what is already fetched then "
+        "goes in the same batch at once, up to sink_batch_size (no wait for a batch to fill)")
     sink_group: str = "paystream-sink"
     sink_metrics_port: int = 6067
     encryption_keys: SecretStr | None = Field(

@@ -30,6 +30,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
+from paystream.consuming import take_available
 from paystream.transport import KafkaTarget, as_kafka
 from streams import topics
 from streams.avro import AvroCodec, DecodeError, RegistryUnavailable
@@ -534,7 +535,7 @@ class EventSink:
         try:
             while not stop():
                 self.status.beat()
-                msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_wait_s)
+                msgs = take_available(self.consumer, self.batch_size, self.batch_wait_s)
                 if not msgs:
                     self._update_lag()
                     if time.monotonic() - self._last_ping >= PING_INTERVAL_S:

@@ -29,6 +29,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
+from paystream.consuming import take_available
 from paystream.core.sensitive import scan
 from paystream.security.crypto import CryptoError, is_envelope, key_id_of
 from paystream.transport import KafkaTarget, as_kafka
@@ -195,7 +196,7 @@ class JsonTopicSink:
             while not stop():
                 if self.status is not None:
                     self.status.beat()
-                msgs: list[Message] = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_wait_s)
+                msgs: list[Message] = take_available(self.consumer, self.batch_size, self.batch_wait_s)
                 if not msgs:
                     if self.status is not None and time.monotonic() - self._last_ping >= PING_INTERVAL_S:
                         self.ping()

@@ -42,9 +42,18 @@ class Consumer:
     def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         on_assign(self, [TP()])
 
-    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+    def poll(self, timeout: float) -> Msg | None:
+        # The sink takes the first message of a batch with poll, the rest with consume(n, 0).
         self.turns += 1
-        return self.batches.pop(0) if self.batches else []
+        if not self.batches or not self.batches[0]:
+            if self.batches:
+                self.batches.pop(0)
+            return None
+        return self.batches[0].pop(0)
+
+    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        rest = self.batches.pop(0) if self.batches else []
+        return rest[:num_messages]
 
     def commit(self, asynchronous: bool) -> None:
         self.commits += 1
