@@ -175,7 +175,8 @@ def sink() -> None:
     try:
         codec = codecs(registry_client(s.registry_conf()))[topics.EVENTS]
         EventSink(s.kafka_connection(), s.postgres_dsn, codec, s.sink_group, s.sink_batch_size, s.sink_batch_wait_s,
-                  replies_topic=topics.replies_history(s.app_id), status=status).run(stopping)
+                  replies_topic=topics.replies_history(s.app_id), status=status,
+                  batch_linger_s=s.sink_batch_linger_s).run(stopping)
     finally:
         server.shutdown()
 
@@ -491,11 +492,11 @@ def _run_json_sink(kind: str) -> None:
     if kind == "audit":
         port = s.audit_sink_metrics_port
         sink = AuditSink(s.kafka_connection(), s.postgres_dsn, topics.audit(s.app_id), s.audit_sink_group,
-                         status=status)
+                         status=status, batch_linger_s=s.sink_batch_linger_s)
     else:
         port = s.vault_sink_metrics_port
         sink = VaultSink(s.kafka_connection(), s.postgres_dsn, topics.vault(s.app_id), s.vault_sink_group,
-                         status=status)
+                         status=status, batch_linger_s=s.sink_batch_linger_s)
     try:
         server = start_server(status, s.sink_metrics_host, port, registry=REGISTRY)
     except OSError as exc:  # a port taken on a developer machine must not stop the sink's work

@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     sink_batch_wait_s: float = Field(
         0.2, gt=0, description="how long an idle sink waits for a first message; what is already fetched then "
         "goes in the same batch at once, up to sink_batch_size (no wait for a batch to fill)")
+    sink_batch_linger_s: float = Field(
+        0.2, ge=0, description="sinks (events, vault, audit): how long a batch may wait for more messages after "
+        "its first one (0: only what is already fetched). Each batch costs a Postgres transaction and an offset "
+        "commit: at 0.05 the extra batches took CPU the worker needed (p50 at 25 % load 82 -> 124 ms)")
     sink_group: str = "paystream-sink"
     sink_metrics_port: int = 6067
     encryption_keys: SecretStr | None = Field(

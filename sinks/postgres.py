@@ -354,6 +354,7 @@ class EventSink:
         status: SinkStatus | None = None,
         consumer: Consumer | None = None,
         dead_letters: bool = True,
+        batch_linger_s: float = 0.2,
     ) -> None:
         """``consumer``: read with this one instead (``sinks/rebuild.py`` assigns partitions itself);
         ``dead_letters=False``: an undecodable message is only counted in ``skipped`` (a rebuild
@@ -366,6 +367,7 @@ class EventSink:
         self.codec = codec
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
+        self.batch_linger_s = batch_linger_s  # a batch leaves at most this long after its first message
         kafka = as_kafka(bootstrap)
         self.consumer = consumer or Consumer(
             kafka.librdkafka({
@@ -535,7 +537,7 @@ class EventSink:
         try:
             while not stop():
                 self.status.beat()
-                msgs = take_available(self.consumer, self.batch_size, self.batch_wait_s)
+                msgs = take_available(self.consumer, self.batch_size, self.batch_wait_s, self.batch_linger_s)
                 if not msgs:
                     self._update_lag()
                     if time.monotonic() - self._last_ping >= PING_INTERVAL_S:

@@ -79,7 +79,7 @@ class JsonTopicSink:
 
     def __init__(self, bootstrap: KafkaTarget, dsn: str, topic: str, group: str, batch_size: int = 500,
                  batch_wait_s: float = 0.2, consumer: Consumer | None = None,
-                 status: SinkStatus | None = None) -> None:
+                 status: SinkStatus | None = None, batch_linger_s: float = 0.2) -> None:
         self.status = status
         if status is not None:
             kind = self.kind
@@ -89,6 +89,7 @@ class JsonTopicSink:
         self.topic = topic
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
+        self.batch_linger_s = batch_linger_s  # a batch leaves at most this long after its first message
         self.consumer = consumer or Consumer(as_kafka(bootstrap).librdkafka({
             "group.id": group, "isolation.level": "read_committed",
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
@@ -196,7 +197,8 @@ class JsonTopicSink:
             while not stop():
                 if self.status is not None:
                     self.status.beat()
-                msgs: list[Message] = take_available(self.consumer, self.batch_size, self.batch_wait_s)
+                msgs: list[Message] = take_available(self.consumer, self.batch_size, self.batch_wait_s,
+                                                     self.batch_linger_s)
                 if not msgs:
                     if self.status is not None and time.monotonic() - self._last_ping >= PING_INTERVAL_S:
                         self.ping()
