@@ -188,6 +188,16 @@ class Proc:
             self.popen.kill()
             self.popen.wait(10)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system, all threads) the process has used so far; None when unknown.
+        Per payment, it does not depend on what else the machine ran meanwhile, as rates do."""
+        try:
+            text = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state is field 3
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
     def tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -95,11 +95,12 @@ def throughput_rows(data: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for b in data.get("baseline", []):
         rows.append([f"raw Kafka loop, {b['guarantee']}", b["guarantee"], "–", fmt_num(b["messages"]),
-                     fmt_num(b["per_s"]), "–", "–", "1×", "–", "–"])
+                     fmt_num(b["per_s"]), "–", "–", "1×", "–", "–", "–"])
     for t in data.get("textbook", []):
         rows.append([f"{t['name']}, {t.get('guarantee', '')}", t.get("guarantee", ""), t.get("gateway", ""),
                      fmt_num(t.get("answered")), fmt_num(t.get("per_s")), fmt_num(t.get("steady_per_s")), "–",
-                     fmt_ratio(t.get("vs_baseline")), "1×" if t.get("per_s") else "–", "–"])
+                     fmt_ratio(t.get("vs_baseline")), "1×" if t.get("per_s") else "–", "–",
+                     _cpu(t)])
     for r in data.get("throughput", []):
         gw = r.get("gateway", "")
         if r.get("gateway_latency_ms"):
@@ -107,12 +108,17 @@ def throughput_rows(data: Mapping[str, Any]) -> list[list[str]]:
         bound = r.get("x_serialised_bound")
         rows.append([r["name"], r.get("guarantee", ""), gw, fmt_num(r.get("answered")), fmt_num(r.get("per_s")),
                      fmt_num(r.get("steady_per_s")), fmt_num(r.get("pg_per_s")), fmt_ratio(r.get("vs_baseline")),
-                     fmt_ratio(r.get("vs_textbook")), fmt_ratio(bound) if bound is not None else "–"])
+                     fmt_ratio(r.get("vs_textbook")), fmt_ratio(bound) if bound is not None else "–", _cpu(r)])
     return rows
 
 
+def _cpu(row: Mapping[str, Any]) -> str:
+    value = row.get("worker_cpu_ms")
+    return f"{value:.2f}" if isinstance(value, int | float) else "–"
+
+
 THROUGHPUT_HEADER = ["run", "guarantee", "gateway", "payments", "/s to event", "/s steady", "/s to row",
-                     "÷ baseline", "÷ textbook", "× serial bound"]
+                     "÷ baseline", "÷ textbook", "× serial bound", "worker CPU ms/payment"]
 
 TEXTBOOK_TARGET = 2.0  # issue #10: at least twice the textbook faust agent
 

@@ -209,9 +209,11 @@ class Bench:
         and (``postgres``: a sink runs beside the worker) to Postgres rows."""
         msgs = messages or self._burst_messages(phase, n)
         task, tick = self._task(f"{label}: terminal events", n)
+        cpu0 = worker.cpu_seconds()
         t0 = time.time()
         produce_s = self.sender.burst(msgs)
         ok = watcher.wait_for(phase, n, timeout=max(180.0, n / 20), tick=tick, alive=worker.alive)
+        cpu1 = worker.cpu_seconds()
         self.progress.remove_task(task)
         pids = [k.decode() for k, _ in msgs]
         seen = sorted(watcher.terminal_at[p] for p in pids if p in watcher.terminal_at)
@@ -223,13 +225,17 @@ class Bench:
             "outcomes": dict(sorted(Counter(watcher.terminal_type[p] for p in pids
                                             if p in watcher.terminal_type).items())), **extra,
         }
+        if cpu0 is not None and cpu1 is not None and seen:
+            # The worker's CPU per answered payment over the burst (a robust figure on a shared machine).
+            row["worker_cpu_ms"] = round(1000 * (cpu1 - cpu0) / len(seen), 3)
         if not ok:
             row["error"] = f"only {len(seen)} of {n} answered"
             if not worker.alive():
                 row["error"] += f"; worker exited:\n{worker.tail()}"
         if not postgres:
             self.say(f"{label}: {row['answered']}/{n} payments in {row['seconds']}s = {row['per_s']}/s "
-                     f"(steady {row['steady_per_s']}/s; burst produced in {produce_s:.2f}s; "
+                     f"(steady {row['steady_per_s']}/s; worker CPU {row.get('worker_cpu_ms', '-')} ms/payment; "
+                     f"burst produced in {produce_s:.2f}s; "
                      f"answered by: {row['answered_at_s']})")
             return row
         with pg_connect(self.s) as conn:
@@ -246,6 +252,7 @@ class Bench:
             row.setdefault("error", f"only {len(stored)} rows reached Postgres")
         self.say(f"{label}: {row['answered']}/{n} payments in {row['seconds']}s = {row['per_s']}/s "
                  f"(steady {row['steady_per_s']}/s; Postgres {row.get('pg_per_s', '-')}/s; "
+                 f"worker CPU {row.get('worker_cpu_ms', '-')} ms/payment; "
                  f"burst produced in {produce_s:.2f}s; answered by: {row['answered_at_s']})")
         return row
 

@@ -41,7 +41,8 @@ def sample() -> dict[str, Any]:
                       "steady_per_s": 90.0, "outcomes": {"PaymentSucceeded": 2000}}],
         "throughput": [
             {"name": "paystream exactly_once", "guarantee": "exactly_once", "gateway": "in-process",
-             "gateway_latency_ms": 0, "answered": 2000, "per_s": 200.0, "steady_per_s": 250.0, "pg_per_s": 190.0},
+             "gateway_latency_ms": 0, "answered": 2000, "per_s": 200.0, "steady_per_s": 250.0, "pg_per_s": 190.0,
+             "worker_cpu_ms": 1.254},
             {"name": "paystream at_least_once", "guarantee": "at_least_once", "gateway": "in-process",
              "gateway_latency_ms": 0, "answered": 2000, "per_s": 400.0, "pg_per_s": 380.0},
             {"name": "paystream HTTP gateway 200 ms", "guarantee": "exactly_once", "gateway": "HTTP",
@@ -139,9 +140,9 @@ def test_markdown_summary_names_the_command_machine_and_load() -> None:
     assert "2 CPUs (Test CPU), 23.0 GiB memory" in text
     assert "load average (1 min) 1.5 at the start, 2.5 at the end" in text
     assert ("| paystream exactly_once | exactly_once | in-process | 2,000 | 200 | 250 | 190 | 0.1× | 2.5× "
-            "| – |\n") in text
+            "| – | 1.25 |\n") in text  # the worker's CPU per payment over the burst, when measured
     assert ("| textbook faust agent, at_least_once | at_least_once | in-process | 2,000 | 80 | 90 | – | 0.02× | 1× "
-            "| – |\n") in text
+            "| – | – |\n") in text
     assert "| paystream exactly_once ÷ textbook faust agent (throughput) | 2.5× (target ≥ 2×: met) |" in text
     assert "- http: BenchError: boom" in text
     assert "- rocksdict is not installed" in text
