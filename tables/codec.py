@@ -97,11 +97,8 @@ def _union_decoder(hint: Any, options: list[Any]) -> Decoder:
         if value is None:
             return None
         # A union of dataclasses is stored with its type name.
-        if isinstance(value, dict) and "__type__" in value:
-            for opt in options:
-                if getattr(opt, "__name__", None) == value["__type__"]:
-                    return from_plain(by_name[value["__type__"]],
-                                      {k: v for k, v in value.items() if k != "__type__"})
+        if isinstance(value, dict) and "__type__" in value and value["__type__"] in by_name:
+            return from_plain(by_name[value["__type__"]], {k: v for k, v in value.items() if k != "__type__"})
         for opt in scalars:
             if isinstance(value, opt):
                 return value

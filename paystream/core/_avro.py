@@ -29,7 +29,9 @@ class RecordDecodeError(ValueError):
 def encode_record(obj: object) -> dict[str, object]:
     """The dataclass as an Avro-ready dict (enums as symbols, tuples as lists/maps)."""
     cls: type = type(obj)
-    plan = _ENCODE_PLANS.get(cls) or _encode_plan(cls)
+    plan = _ENCODE_PLANS.get(cls)
+    if plan is None:
+        plan = _encode_plan(cls)
     if plan is None:
         raise TypeError(f"not a dataclass instance: {type(obj).__name__}")
     out: dict[str, object] = {}
@@ -73,7 +75,8 @@ def decode_record(cls: type[T], data: object, where: str) -> T:
     if not isinstance(data, Mapping):
         raise RecordDecodeError(f"{where}: expected a record, got {type(data).__name__}")
     kwargs: dict[str, object] = {}
-    for name, hint, optional in _DECODE_PLANS.get(cls) or _decode_plan(cls):
+    plan = _DECODE_PLANS.get(cls)
+    for name, hint, optional in plan if plan is not None else _decode_plan(cls):
         if name not in data:
             if optional:
                 continue
