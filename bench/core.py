@@ -26,8 +26,6 @@ from typing import Any
 
 from streams.avro import AVRO_TOPICS, AvroCodec
 
-os.environ.setdefault("PAYSTREAM_SIMGW_IN_PROCESS", "true")
-
 
 def _offline_codec(topic_name: str) -> AvroCodec:
     topic = next(t for t in AVRO_TOPICS if t.topic == topic_name)
@@ -48,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.processor import PaymentProcessor, unseal_call
     from agents.routing import load_routing_file, make_router
     from bench.load import CommandFactory
+    from gateway_clients.simulated.client import InProcessSimulatedGateway
+    from gateway_clients.simulated.engine import SimulatedGatewayEngine
     from paystream.config import get_settings
     from paystream.core import commands as cmds
     from paystream.core import events as evs
@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     settings = get_settings()
     gateways = build_gateways(settings)
+    # The simulated gateway in this process (as a worker runs it with PAYSTREAM_SIMGW_IN_PROCESS),
+    # set here, not through the environment: importing this module must not change what the
+    # processes a test session starts afterwards talk to.
+    gateways["simulated"] = InProcessSimulatedGateway(SimulatedGatewayEngine(), timeout_s=settings.gateway_timeout_s)
     keyring = KeyRing(keys={"bench": os.urandom(32)}, current="bench")  # tokens sealed as in a worker
     processor = PaymentProcessor(
         {}, {}, sealer=keyring,
