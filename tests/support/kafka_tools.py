@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -40,23 +40,47 @@ def envelope(payment_id: str, kind: str, body: dict[str, Any], command_id: str |
             "origin": "order-service-test", "command": {"-type": NS + kind, **body}}
 
 
+FATAL_RETRIES = 20  # fresh producers tried after fatal errors before a flush gives up
+
+
 class OrderServiceProducer:
+    """The Order Service of the tests: an idempotent confluent-kafka producer of commands.
+
+    A fatal producer error is survived as librdkafka says a client must: a new producer, and
+    the messages not yet acknowledged sent again (commands are idempotent by command id). Seen
+    after the kafka-kill chaos scenario: a new producer's very first record refused with
+    OUT_OF_ORDER_SEQUENCE_NUMBER (base seq 0), its producer id apparently handed out again by the
+    restarted KRaft broker; the shared producer then failed every later test's set-up.
+    """
+
     def __init__(self, bootstrap: str, registry_url: str) -> None:
         self.registry = SchemaRegistryClient({"url": registry_url})
         self.ser = AvroSerializer(self.registry, (AVRO / "payment_command.avsc").read_text(),
                                   conf={"auto.register.schemas": False})
-        self.producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                                  "enable.idempotence": True, "linger.ms": 2})
+        self.bootstrap = bootstrap
+        self.producer = self._new_producer()
         self.ctx = SerializationContext(REQUESTS, MessageField.VALUE)
+        self.unflushed: list[tuple[str, bytes, bytes]] = []  # sent since the last successful flush
+
+    def _new_producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random",
+                         "enable.idempotence": True, "linger.ms": 2})
 
     def send(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        self.producer.produce(REQUESTS, key=cmd["payment_id"].encode(), value=self.ser(cmd, self.ctx))
-        self.producer.poll(0)
+        value = self.ser(cmd, self.ctx)
+        assert value is not None
+        self.send_raw(cmd["payment_id"].encode(), value)
         return cmd
 
     def send_raw(self, key: bytes, value: bytes, topic: str = REQUESTS) -> None:
-        self.producer.produce(topic, key=key, value=value)
-        self.producer.poll(0)
+        self.unflushed.append((topic, key, value))
+        try:
+            self.producer.produce(topic, key=key, value=value)
+            self.producer.poll(0)
+        except KafkaException as exc:
+            if not exc.args[0].fatal():
+                raise
+            # The next flush replaces the producer and sends everything unflushed again.
 
     def encode(self, cmd: dict[str, Any]) -> bytes:
         out = self.ser(cmd, self.ctx)
@@ -64,7 +88,19 @@ class OrderServiceProducer:
         return out
 
     def flush(self) -> None:
-        assert self.producer.flush(30) == 0
+        for attempt in range(FATAL_RETRIES):
+            try:
+                if attempt:  # the last producer failed fatally: a new one sends the unflushed again
+                    self.producer = self._new_producer()
+                    for topic, key, value in self.unflushed:
+                        self.producer.produce(topic, key=key, value=value)
+                assert self.producer.flush(30) == 0
+                self.unflushed.clear()
+                return
+            except KafkaException as exc:
+                if not exc.args[0].fatal():
+                    raise
+        raise AssertionError(f"{FATAL_RETRIES} producers in a row failed fatally")
 
 
 def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:
