@@ -11,7 +11,6 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from paystream.config import Settings
-from paystream.consuming import take_available
 from streams import topics
 from streams.avro import codecs, registry_client
 
@@ -93,7 +92,7 @@ class EventReader:
         self.consumer.assign(tps)
 
     def poll(self, timeout: float = 0.5) -> Iterator[dict[str, Any]]:
-        for msg in take_available(self.consumer, 500, timeout):
+        for msg in self.consumer.consume(500, timeout):
             if msg.error() is None:
                 yield self.codec.decode(msg.value())
 

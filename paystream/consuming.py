@@ -9,7 +9,8 @@ latency, and the benchmark's watcher (0.05 s) up to 50 ms to every measured even
 ``linger_s`` after its first message, under heavy load full batches leave at once.
 
 A linger of 0 gives the lowest latency and the most batches: the benchmark's watcher uses it (it
-measures when events become visible). The sinks linger (``PAYSTREAM_SINK_BATCH_LINGER_S``, 0.2 s):
+measures when events become visible; ``paystream tail``'s reader keeps ``consume(500, 1.0)``).
+The sinks linger (``PAYSTREAM_SINK_BATCH_LINGER_S``, 0.2 s):
 a batch costs them a Postgres transaction and an offset commit, and on the benchmark's two cores
 lingering 0.05 s took CPU the worker needed (its idle commits fell from 147 to 51 in 10 s at
 25 % load; event p50 82 → 124 ms, p99 at 75 % load 2.2 → 3.1 s).
