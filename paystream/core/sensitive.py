@@ -158,10 +158,14 @@ def _cvv_name(name: str) -> bool:
 _cvv_name_cached = functools.lru_cache(maxsize=4096)(_cvv_name)
 
 
+def _is_cvv_name(name: str) -> bool:
+    return _cvv_name_cached(name) if len(name) <= 64 else _cvv_name(name)
+
+
 def looks_like_cvv_field(name: str, value: object) -> bool:
     """True for a CVV-ish field name (cvv, cvc, cvv2, security_code, card_verification ...)
     holding a 3-4 digit value (string, possibly padded with spaces, or a small int)."""
-    named = _cvv_name_cached(name) if len(name) <= 64 else _cvv_name(name)
+    named = _is_cvv_name(name)
     return named and _cvv_value(value)
 
 
@@ -231,7 +235,7 @@ def plainly_clean(obj: object, *, integers: bool = True, max_text: int | None = 
             items = ((None, container),)  # a scalar at the top
         for name, value in items:
             if name is not None:
-                if type(name) is not str or (_cvv_name_cached(name) if len(name) <= 64 else _cvv_name(name)):
+                if type(name) is not str or _is_cvv_name(name):
                     return False
                 if 0 <= limit < len(name):
                     return False
