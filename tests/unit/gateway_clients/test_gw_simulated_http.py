@@ -1,4 +1,4 @@
-"""End to end: the aiohttp simulated gateway server and the httpx client, on 127.0.0.1."""
+"""End to end: the aiohttp simulated gateway server and its aiohttp client, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -264,22 +264,81 @@ def test_connection_refused_is_retryable() -> None:
     asyncio.run(scenario())
 
 
-def test_injected_transport_errors_are_classified() -> None:
-    def read_timeout(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("read timed out", request=request)
+def test_read_timeouts_and_disconnects_are_classified() -> None:
+    """A real server that accepts the request and then stalls or hangs up: a write has an
+    unknown outcome (the gateway may have acted), a read is a plain retry, and a reference that
+    would change the URL path is refused before any I/O."""
+    seen: list[str] = []
+
+    async def stall(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    async def hang_up(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(0.5)
+        return web.json_response({})
 
     async def scenario() -> None:
-        transport = httpx.MockTransport(read_timeout)
-        async with SimulatedGatewayClient("http://gw", transport=transport) as client:
-            with pytest.raises(OutcomeUnknownError):
-                await client.cancel(gateway_ref="simpay_1", idempotency_key="k")
-            # a read that timed out changed nothing: plain retry
-            with pytest.raises(RetryableGatewayError):
-                await client.retrieve(gateway_ref="simpay_1")
-            with pytest.raises(PermanentGatewayError):
-                await client.retrieve(gateway_ref="../admin/faults")
+        app = web.Application()
+        app.router.add_post("/v1/payments/{ref}/cancel", stall)
+        app.router.add_get("/v1/payments/{ref}", stall)
+        app.router.add_post("/v1/payments", hang_up)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = _free_port()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        try:
+            async with SimulatedGatewayClient(f"http://127.0.0.1:{port}", timeout_s=0.3) as client:
+                with pytest.raises(OutcomeUnknownError):
+                    await client.cancel(gateway_ref="simpay_1", idempotency_key="k")
+                # a read that timed out changed nothing: plain retry
+                with pytest.raises(RetryableGatewayError) as read:
+                    await client.retrieve(gateway_ref="simpay_1")
+                assert not isinstance(read.value, OutcomeUnknownError)
+                with pytest.raises(OutcomeUnknownError):
+                    await client.authorize(payment_id="p", amount=100, currency="EUR",
+                                           payment_method_token="tok_visa", capture=True, idempotency_key="k2")
+                with pytest.raises(PermanentGatewayError):
+                    await client.retrieve(gateway_ref="../admin/faults")
+        finally:
+            await runner.cleanup()
+        # every request but the refused one reached the server
+        assert seen == ["/v1/payments/simpay_1/cancel", "/v1/payments/simpay_1", "/v1/payments"]
 
     asyncio.run(scenario())
+
+
+def test_one_client_serves_successive_event_loops() -> None:
+    """The aiohttp session belongs to the loop that made it; a client used from a second loop
+    (a test's second ``asyncio.run``, a CLI command) makes a new one instead of failing."""
+
+    async def start() -> RunningServer:
+        return await start_server(SimulatedGatewayEngine())
+
+    async def pay(client: SimulatedGatewayClient, url: str, n: int) -> GatewayStatus:
+        result = await client.authorize(payment_id=f"p{n}", amount=100, currency="EUR",
+                                        payment_method_token="tok_visa", capture=True, idempotency_key=f"k{n}")
+        return result.status
+
+    async def both() -> None:
+        server = await start()
+        try:
+            client = SimulatedGatewayClient(server.url)
+            # first loop: a thread of its own runs asyncio.run
+            first = await asyncio.to_thread(asyncio.run, pay(client, server.url, 1))
+            second = await pay(client, server.url, 2)
+            await client.aclose()
+            assert (first, second) == (GatewayStatus.CAPTURED, GatewayStatus.CAPTURED)
+            assert len(server.engine.ledger()) == 2
+        finally:
+            await server.close()
+
+    asyncio.run(both())
 
 
 def test_server_rejects_float_amounts_and_missing_keys() -> None:
