@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +64,7 @@ from streams.input_guard import (
     transactional_id,
 )
 from tables import codec
+from tables.batched import BatchWrites
 
 log = logging.getLogger("paystream.agents")
 
@@ -145,6 +146,51 @@ def event_audit_record(ev: evs.PaymentEvent, actor: str, origin: str, method_key
     )
 
 
+AUDIT_BATCH_MAX_BYTES = 256 * 1024  # well below Kafka's 1 MB message limit
+
+
+class AuditBatches:
+    """The audit records of a batch of inputs, sent as one message per input partition (a JSON
+    array, ``audit.encode_records``) in that partition's transaction when the batch ends, instead
+    of one message per event: three fewer records per payment to produce, and to consume in the
+    audit sink. A batch whose transaction is lost to a rebalance loses its records with it (the
+    new owner applies its inputs again and records them)."""
+
+    def __init__(self, app: faust.App, topic: str, max_bytes: int = AUDIT_BATCH_MAX_BYTES,
+                 send: Callable[..., Awaitable[None]] = send_in_input_transaction) -> None:
+        self.app, self.topic, self.max_bytes, self._send_fn = app, topic, max_bytes, send
+        # (transactional id, partition) -> the first input of the batch there, records, their size
+        self.pending: dict[tuple[str | None, int], tuple[Any, list[bytes], int]] = {}
+
+    async def add(self, event: Any, encoded: bytes) -> None:
+        key = (transactional_id(self.app, event), event.message.partition)
+        first, records, size = self.pending.get(key) or (event, [], 0)
+        if records and size + len(encoded) > self.max_bytes:
+            await self._send(first, records)
+            first, records, size = event, [], 0
+        records.append(encoded)
+        self.pending[key] = (first, records, size + len(encoded) + 1)
+
+    async def flush(self, lost: set[str | None]) -> set[str | None]:
+        """Send what the batch gathered; returns the transactions lost meanwhile."""
+        pending, self.pending = self.pending, {}
+        newly_lost: set[str | None] = set()
+        for (tid, _), (first, records, _) in pending.items():
+            if tid in lost or tid in newly_lost:
+                continue
+            try:
+                await self._send(first, records)
+            except PartitionLost as exc:
+                newly_lost.add(tid)
+                log.warning("partition lost to a rebalance while sending a batch's audit records (%s)", exc)
+        return newly_lost
+
+    async def _send(self, first: Any, records: list[bytes]) -> None:
+        m = first.message
+        key = f"kafka:{m.topic}/{m.partition}@{m.offset}".encode()
+        await self._send_fn(self.app, first, self.topic, key, au.encode_records(records), m.partition)
+
+
 FRAUD_TIMEOUT_RULE = "fraud_check_timeout"
 INLINE = "inline"  # meta.applied of a gateway reply applied in the batch that made the call
 INLINE_ROUNDS = 3  # rounds of inline calls per batch (authorize, then capture, then one more)
@@ -186,13 +232,17 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     directory = MethodDirectory(s.kafka_connection(), f"{app.conf.id}-payment-methods-changelog")
     keyring = load_keyring(s)
     vault_topic, audit_topic = topics.vault(s.app_id), topics.audit(s.app_id)
+    audit_batches = AuditBatches(app, audit_topic)
 
     def lookup_method(method_id: str) -> Mapping[str, Any] | None:
         local = methods_table.get(method_id)
         return local if local is not None else directory.get(method_id)
 
+    # The processor's writes of a batch reach the table (and its changelog) once per payment, at the
+    # batch's end (``end_batch``); everything else reads the table itself.
+    batched_payments = BatchWrites(app, payments_table)
     processor = PaymentProcessor(
-        payments_table, idempotency_table,
+        batched_payments, idempotency_table,
         idempotency_retention_ms=s.idempotency_retention_s * 1000,
         methods=methods_table, sealer=keyring, method_lookup=lookup_method,
         router=make_router(load_routing_file(s.routing_rules_file), w.gateways, s.disabled_gateways()),
@@ -253,8 +303,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             metrics.EVENTS.labels(name).inc()
             if ev.status and name in ("PaymentSucceeded", "PaymentFailed", "PaymentCanceled", "PaymentAuthorized"):
                 metrics.payment_reached(ev.status, ev.body)
-            record = event_audit_record(ev, actor, origin, method_key)
-            await send(event, audit_topic, record.resource.encode(), au.encode_record(record), partition)
+            await audit_batches.add(event, au.encode_record(event_audit_record(ev, actor, origin, method_key)))
         for call in out.calls:
             if inline_calls is not None:
                 inline_calls.append((event, call))  # made at the end of the batch: see make_inline_calls
@@ -505,9 +554,17 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     # redeliveries are skipped, gaps healed, an input faust drops is not acknowledged but
     # fetched again (F11), and inputs are applied between two commits (F10). See
     # streams/input_guard.py; the fraud agents use the same guard.
+    async def end_batch() -> set[str | None]:
+        """The batch's inline gateway calls (their replies add audit records and payment changes),
+        then its audit records and its payments' last states, before the offsets and the commit."""
+        lost = await make_inline_calls() if inline_calls is not None else set()
+        lost |= await audit_batches.flush(lost)
+        batched_payments.flush(lost)
+        return lost
+
     guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection()),
                        commit_when_idle=s.commit_when_idle, max_batch=s.input_batch_max,
-                       on_batch_end=make_inline_calls if inline_calls is not None else None).install()
+                       on_batch_end=end_batch).install()
 
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:
@@ -578,7 +635,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         for n, key in enumerate(keys):
             if full and n % 2000 == 1999:
                 await asyncio.sleep(0)  # a large table: let the inputs run between slices of the scan
-            value = payments_table.get(key)
+            value = batched_payments.get(key)  # a batch's newer state when one is in progress
             if full and not may_need_watch(value):
                 processor.watched.discard(key)
                 continue

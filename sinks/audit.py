@@ -1,6 +1,7 @@
 """The audit topic → ``audit_log``, one hash chain (``paystream audit sink`` / ``audit verify``).
 
-Records come from the workers (one per published event, in the event's transaction), the
+Records come from the workers (one per published event, in the event's transaction; a batch's
+records for one partition travel as one message, a JSON array: ``audit.encode_records``), the
 HTTP edge (every API call and webhook, accepted or rejected) and admin commands. The chain
 needs a single order, so appends take a row lock on ``audit_chain_head`` for the whole batch:
 any number of sink processes may run, they append one batch at a time. A record whose
@@ -62,9 +63,12 @@ def decode_batch(records: list[Record]) -> list[au.AuditRecord]:
     out = []
     for _, value in records:
         try:
-            out.append(au.decode_record(value or b""))
+            good, bad = au.decode_message(value or b"")
         except ValueError as exc:
-            log.error("malformed audit record skipped: %s", exc)
+            good, bad = [], [str(exc)]
+        out.extend(good)
+        for reason in bad:
+            log.error("malformed audit record skipped: %s", reason)
             SKIPPED.labels("audit").inc()
     return out
 

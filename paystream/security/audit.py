@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,8 +34,10 @@ __all__ = [
     "ChainBreak",
     "ChainedRow",
     "chain_hash",
+    "decode_message",
     "decode_record",
     "encode_record",
+    "encode_records",
     "new_audit_id",
     "next_row",
     "scrub",
@@ -119,9 +121,38 @@ def _encode_scrubbed(record: AuditRecord) -> bytes:
     return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
+def encode_records(encoded: Sequence[bytes]) -> bytes:
+    """Several wire records (``encode_record``'s output) as one message: a JSON array of them.
+
+    The worker sends the audit records of a batch of inputs this way, one message per partition
+    and batch instead of one per event; ``decode_message`` reads both forms."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
 def decode_record(data: bytes | str) -> AuditRecord:
     """Parse (and scrub again: the sink trusts no producer) a wire record; ``ValueError`` if malformed."""
+    return _from_plain(json.loads(data))
+
+
+def decode_message(data: bytes | str) -> tuple[list[AuditRecord], list[str]]:
+    """One message of the audit topic: a record, or an array of records (``encode_records``).
+
+    Returns the well-formed records, in order, and the reason for each malformed one (a bad
+    record in an array costs that record only); ``ValueError`` if the message is not JSON."""
     value = json.loads(data)
+    if not isinstance(value, list):
+        return [_from_plain(value)], []
+    records: list[AuditRecord] = []
+    errors: list[str] = []
+    for item in value:
+        try:
+            records.append(_from_plain(item))
+        except ValueError as exc:
+            errors.append(str(exc))
+    return records, errors
+
+
+def _from_plain(value: Any) -> AuditRecord:
     if not isinstance(value, dict):
         raise ValueError("audit record: expected an object")
     try:

@@ -389,7 +389,8 @@ def test_rebuild_of_methods_and_audit_equals_the_original(worker, vault_sink: Pr
     rebuilt = read_tables(rebuilt_dsn, METHOD_AUDIT_KEYS)
     late = read_past_cut(bootstrap, ends)  # after the snapshot: covers whatever the sinks wrote into it
     late_methods = {(v["method_id"],) for v in late[VAULT] if isinstance(v, dict) and "method_id" in v}
-    late_audit = {(v["audit_id"],) for v in late[AUDIT] if isinstance(v, dict) and "audit_id" in v}
+    late_audit = {(v["audit_id"],) for value in late[AUDIT]  # a worker's batch of records is an array
+                  for v in (value if isinstance(value, list) else [value]) if isinstance(v, dict) and "audit_id" in v}
     for table in ("payment_methods", "customer_gateway_tokens"):
         assert len(rebuilt[table]) == report["counts"][table], table
         assert_same(table, original[table], rebuilt[table], late_methods)

@@ -91,8 +91,9 @@ def audit_records(stack_env: dict[str, str], actor: str) -> list[dict[str, Any]]
             for m in consumer.consume(1000, 1.0):
                 if m.error() is None:
                     value = json.loads(m.value())
-                    if value.get("action") == "keys.reencrypt" and value.get("actor") == f"admin:{actor}":
-                        out.append(value)
+                    for record in value if isinstance(value, list) else [value]:  # a worker's batch: an array
+                        if record.get("action") == "keys.reencrypt" and record.get("actor") == f"admin:{actor}":
+                            out.append(record)
     finally:
         consumer.close()
     return out

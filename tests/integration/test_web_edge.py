@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from gateway_clients.simulated.webhooks import sign_payload
 from paystream import stack
-from paystream.security.audit import decode_record
+from paystream.security.audit import decode_message
 from paystream.web.mapping import derived_id
 from streams import topics
 from tests.conftest import API_KEY, API_KEY_BOUND, API_KEY_READ, API_KEY_WRITE, BOUND_CUSTOMER
@@ -292,9 +292,8 @@ def audit_records(stack_env: dict[str, str], actor: str, since_ms: int, wanted: 
             for msg in consumer.consume(500, 1.0):
                 if msg.error() is None:
                     raw.append(msg.value())
-                    record = decode_record(msg.value())
-                    if record.actor == actor and record.occurred_at >= since_ms:
-                        found.append(record)
+                    records, _ = decode_message(msg.value())  # a worker's batch is an array of them
+                    found += [r for r in records if r.actor == actor and r.occurred_at >= since_ms]
             if wanted(found):
                 break
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 
@@ -12,8 +13,10 @@ from paystream.security.audit import (
     AuditRecord,
     ChainedRow,
     chain_hash,
+    decode_message,
     decode_record,
     encode_record,
+    encode_records,
     next_row,
     verify_chain,
 )
@@ -114,3 +117,37 @@ def test_records_never_carry_card_data() -> None:
 def test_malformed_wire_records_are_refused(bad: bytes) -> None:
     with pytest.raises(ValueError):
         decode_record(bad)
+
+
+def _event_record(n: int, **changes: Any) -> AuditRecord:
+    base = AuditRecord(audit_id=f"event:{n}", occurred_at=1_700_000_000_000 + n, actor="paystream-worker",
+                       action="event.PaymentCreated", resource=f"payment:p{n}", outcome="success",
+                       origin=f"kafka:payment.requests/3@{n}", detail={"sequence": n, "amount": 1250})
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_batch_message_carries_its_records_in_order() -> None:
+    records = [_event_record(n) for n in range(5)]
+    wire = encode_records([encode_record(r) for r in records])
+    decoded, errors = decode_message(wire)
+    assert (decoded, errors) == (records, [])
+    # a single record is still a message of its own
+    assert decode_message(encode_record(records[2])) == ([records[2]], [])
+
+
+def test_a_malformed_record_in_a_batch_costs_that_record_only() -> None:
+    good = [_event_record(1), _event_record(2)]
+    wire = b"[" + encode_record(good[0]) + b',{"audit_id":"x"},7,' + encode_record(good[1]) + b"]"
+    decoded, errors = decode_message(wire)
+    assert decoded == good
+    assert len(errors) == 2 and all(e.startswith("audit record:") for e in errors)
+    with pytest.raises(ValueError):
+        decode_message(b"[not json")
+
+
+def test_the_sink_scrubs_batched_records_again() -> None:
+    # a producer that skipped the scrub: the sink's decoding redacts anyway (it trusts no producer)
+    raw = json.dumps([{"audit_id": "a", "occurred_at": 1, "actor": "x", "action": "y", "resource": "r",
+                       "outcome": "success", "origin": "card 4111111111111111", "detail": {"cvv": "123"}}]).encode()
+    decoded, errors = decode_message(raw)
+    assert errors == [] and "4111111111111111" not in decoded[0].origin and decoded[0].detail["cvv"] == "[REDACTED]"
