@@ -83,11 +83,30 @@ def input_interrupted(app: Any) -> bool:
     return bool(getattr(app, "_paystream_input_open", False))
 
 
-def pending_changelog_writes(app: Any) -> set[asyncio.Future[Any]]:
+class PendingWrites:
+    """Table changelog writes not yet delivered to the broker, and a waiter woken when the last
+    one is (``wait_for_changelog_writes``). One ``asyncio.wait`` over every pending write per
+    commit cost 2.6 % of the worker's CPU (a callback added to and removed from each)."""
+
+    def __init__(self) -> None:
+        self.futures: set[asyncio.Future[Any]] = set()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def track(self, fut: asyncio.Future[Any]) -> None:
+        self.futures.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future[Any]) -> None:
+        self.futures.discard(fut)
+        if not self.futures and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+def pending_changelog_writes(app: Any) -> PendingWrites:
     """Table changelog writes not yet delivered to the broker."""
-    pending: set[asyncio.Future[Any]] | None = getattr(app, "_paystream_pending_changelog", None)
+    pending: PendingWrites | None = getattr(app, "_paystream_pending_changelog", None)
     if pending is None:
-        pending = set()
+        pending = PendingWrites()
         app._paystream_pending_changelog = pending
     return pending
 
@@ -99,9 +118,7 @@ _original_commit_offsets = faust_consumer.Consumer._commit_offsets
 def _send_changelog_tracked(self: Any, partition: int | None, key: Any, value: Any,
                             key_serializer: Any = None, value_serializer: Any = None) -> Any:
     fut = _original_send_changelog(self, partition, key, value, key_serializer, value_serializer)
-    pending = pending_changelog_writes(self.app)
-    pending.add(fut)
-    fut.add_done_callback(pending.discard)
+    pending_changelog_writes(self.app).track(fut)
     return fut
 
 
@@ -114,13 +131,17 @@ async def wait_for_changelog_writes(app: Any, timeout: float = CHANGELOG_DELIVER
     applied-offsets writes not), cause not established: back to waiting for the broker's
     acknowledgement, which all earlier chaos and CI runs passed with.
     """
-    pending = list(pending_changelog_writes(app))
-    if not pending:
+    pending = pending_changelog_writes(app)
+    if not pending.futures:
         return
-    _, not_done = await asyncio.wait(pending, timeout=timeout)
-    if not_done:
-        raise RuntimeError(f"{len(not_done)} table changelog write(s) not delivered in {timeout:.0f}s: "
-                           "refusing to commit a transaction without them")
+    waiter = pending.waiter
+    if waiter is None or waiter.done():  # commits run one at a time (commit_lock); never two waiters
+        waiter = pending.waiter = asyncio.get_running_loop().create_future()
+    try:
+        await asyncio.wait_for(asyncio.shield(waiter), timeout)
+    except TimeoutError:
+        raise RuntimeError(f"{len(pending.futures)} table changelog write(s) not delivered in {timeout:.0f}s: "
+                           "refusing to commit a transaction without them") from None
 
 
 async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],

@@ -491,12 +491,20 @@ def test_scorer_unreachable_and_the_engine_falls_back() -> None:
 
 
 def test_verdict_sender_sends_in_the_input_partitions_transaction() -> None:
-    class Producer:
-        def __init__(self) -> None:
-            self.calls: list[tuple[Any, ...]] = []
+    calls: list[tuple[Any, ...]] = []
 
-        async def send(self, *args: Any, transactional_id: str | None) -> None:
-            self.calls.append((*args, transactional_id))
+    class TxnProducer:  # aiokafka's transactional producer of one transaction
+        def __init__(self, tid: str) -> None:
+            self.tid = tid
+
+        async def send(self, topic: str, value: bytes, *, key: bytes, partition: int, timestamp_ms: int | None,
+                       headers: Any) -> None:
+            calls.append((topic, key, value, partition, timestamp_ms, headers, self.tid))
+
+    class Producer:  # faust's: one transactional producer per input partition group and partition
+        def __init__(self) -> None:
+            self._transaction_producers = {tid: TxnProducer(tid) for tid in ("paystream-0-3", "paystream-9-1",
+                                                                               "paystream-0-1")}
 
     class Assignor:
         def group_for_topic(self, topic: str) -> int:
@@ -520,8 +528,8 @@ def test_verdict_sender_sends_in_the_input_partitions_transaction() -> None:
     verdict = fr.FraudVerdict(payment_id="pay-1", command_id="c", partition=1, observed_at=1_750_000_000_000,
                               outcome=outcome)
     asyncio.run(af.verdict_sender(App(), "paystream")(Event(), verdict))  # type: ignore[arg-type]
-    [(topic, key, value, partition, timestamp, headers, tid)] = App.producer.calls
+    [(topic, key, value, partition, timestamp, headers, tid)] = calls
     assert (topic, key, partition, timestamp, headers) == ("paystream-fraud-verdicts", b"pay-1", 1,
-                                                           1_750_000_000.0, None)
+                                                           1_750_000_000_000, None)
     assert tid == "paystream-0-3"  # the fraud input's partition group and partition, not the destination's
     assert af.decode_verdict(value) == verdict

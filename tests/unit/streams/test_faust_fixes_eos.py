@@ -80,8 +80,7 @@ def test_a_commit_waits_for_the_input_in_hand_and_its_table_writes(monkeypatch: 
 
         monkeypatch.setattr(faust_fixes, "_original_commit_offsets", original_commit)
         write: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        faust_fixes.pending_changelog_writes(app).add(write)
-        write.add_done_callback(faust_fixes.pending_changelog_writes(app).discard)
+        faust_fixes.pending_changelog_writes(app).track(write)
 
         async def agent_input() -> None:
             async with faust_fixes.commit_lock(app):
@@ -108,12 +107,43 @@ def test_a_commit_refuses_to_go_without_its_table_writes() -> None:
     async def scenario() -> None:
         app = SimpleNamespace()
         never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        faust_fixes.pending_changelog_writes(app).add(never)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        faust_fixes.pending_changelog_writes(app).track(done)
+        faust_fixes.pending_changelog_writes(app).track(never)
+        done.set_result(None)
         await faust_fixes.wait_for_changelog_writes(app, timeout=0.05)
 
     with pytest.raises(RuntimeError, match="not delivered"):
         asyncio.run(scenario())
 
+
+
+def test_the_wait_ends_when_the_last_pending_write_is_delivered_failed_or_not() -> None:
+    async def scenario() -> list[str]:
+        app = SimpleNamespace()
+        loop = asyncio.get_running_loop()
+        writes: list[asyncio.Future[None]] = [loop.create_future() for _ in range(3)]
+        for w in writes:
+            faust_fixes.pending_changelog_writes(app).track(w)
+        order: list[str] = []
+
+        async def deliver() -> None:
+            for n, w in enumerate(writes):
+                await asyncio.sleep(0.02)
+                order.append(f"write {n} done")
+                if n == 1:
+                    w.set_exception(RuntimeError("broker said no"))  # a failed write is done too
+                else:
+                    w.set_result(None)
+
+        task = asyncio.ensure_future(deliver())
+        await faust_fixes.wait_for_changelog_writes(app, timeout=5)
+        order.append("wait over")
+        await task
+        await faust_fixes.wait_for_changelog_writes(app, timeout=0.01)  # nothing pending: at once
+        return order
+
+    assert asyncio.run(scenario()) == ["write 0 done", "write 1 done", "write 2 done", "wait over"]
 
 
 class FakeTxnProducer:
