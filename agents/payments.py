@@ -146,36 +146,41 @@ def event_audit_record(ev: evs.PaymentEvent, actor: str, origin: str, method_key
     )
 
 
-AUDIT_BATCH_MAX_BYTES = 256 * 1024  # well below Kafka's 1 MB message limit
+AUDIT_BATCH_MAX_RECORDS = 256  # records per message (a worker's are ~0.5 KB each)
+AUDIT_BATCH_MAX_BYTES = 512 * 1024  # well below Kafka's 1 MB message limit, whatever the records hold
 
 
 class AuditBatches:
     """The audit records of a batch of inputs, sent as one message per input partition (a JSON
-    array, ``audit.encode_records``) in that partition's transaction when the batch ends, instead
+    array, ``audit.encode_batch``) in that partition's transaction when the batch ends, instead
     of one message per event: three fewer records per payment to produce, and to consume in the
-    audit sink. A batch whose transaction is lost to a rebalance loses its records with it (the
-    new owner applies its inputs again and records them)."""
+    audit sink, and one card-data pre-check and one JSON encoding per message. A batch whose
+    transaction is lost to a rebalance loses its records with it (the new owner applies its
+    inputs again and records them)."""
 
-    def __init__(self, app: faust.App, topic: str, max_bytes: int = AUDIT_BATCH_MAX_BYTES,
+    def __init__(self, app: faust.App, topic: str, *, max_records: int = AUDIT_BATCH_MAX_RECORDS,
+                 max_bytes: int = AUDIT_BATCH_MAX_BYTES,
                  send: Callable[..., Awaitable[None]] = send_in_input_transaction) -> None:
-        self.app, self.topic, self.max_bytes, self._send_fn = app, topic, max_bytes, send
-        # (transactional id, partition) -> the first input of the batch there, records, their size
-        self.pending: dict[tuple[str | None, int], tuple[Any, list[bytes], int]] = {}
+        self.app, self.topic, self._send_fn = app, topic, send
+        self.max_records, self.max_bytes = max_records, max_bytes
+        # (transactional id, partition) -> the first input of the batch there, and its records
+        self.pending: dict[tuple[str | None, int], tuple[Any, list[au.AuditRecord]]] = {}
 
-    async def add(self, event: Any, encoded: bytes) -> None:
+    async def add(self, event: Any, record: au.AuditRecord) -> None:
         key = (transactional_id(self.app, event), event.message.partition)
-        first, records, size = self.pending.get(key) or (event, [], 0)
-        if records and size + len(encoded) > self.max_bytes:
-            await self._send(first, records)
-            first, records, size = event, [], 0
-        records.append(encoded)
-        self.pending[key] = (first, records, size + len(encoded) + 1)
+        entry = self.pending.get(key)
+        if entry is None:
+            entry = self.pending[key] = (event, [])
+        entry[1].append(record)
+        if len(entry[1]) >= self.max_records:
+            del self.pending[key]
+            await self._send(*entry)
 
     async def flush(self, lost: set[str | None]) -> set[str | None]:
         """Send what the batch gathered; returns the transactions lost meanwhile."""
         pending, self.pending = self.pending, {}
         newly_lost: set[str | None] = set()
-        for (tid, _), (first, records, _) in pending.items():
+        for (tid, _), (first, records) in pending.items():
             if tid in lost or tid in newly_lost:
                 continue
             try:
@@ -185,10 +190,16 @@ class AuditBatches:
                 log.warning("partition lost to a rebalance while sending a batch's audit records (%s)", exc)
         return newly_lost
 
-    async def _send(self, first: Any, records: list[bytes]) -> None:
+    async def _send(self, first: Any, records: list[au.AuditRecord]) -> None:
+        value = au.encode_batch(records)
+        if len(value) > self.max_bytes and len(records) > 1:  # unusually large records: in halves
+            half = len(records) // 2
+            await self._send(first, records[:half])
+            await self._send(first, records[half:])
+            return
         m = first.message
         key = f"kafka:{m.topic}/{m.partition}@{m.offset}".encode()
-        await self._send_fn(self.app, first, self.topic, key, au.encode_records(records), m.partition)
+        await self._send_fn(self.app, first, self.topic, key, value, m.partition)
 
 
 FRAUD_TIMEOUT_RULE = "fraud_check_timeout"
@@ -303,7 +314,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             metrics.EVENTS.labels(name).inc()
             if ev.status and name in ("PaymentSucceeded", "PaymentFailed", "PaymentCanceled", "PaymentAuthorized"):
                 metrics.payment_reached(ev.status, ev.body)
-            await audit_batches.add(event, au.encode_record(event_audit_record(ev, actor, origin, method_key)))
+            await audit_batches.add(event, event_audit_record(ev, actor, origin, method_key))
         for call in out.calls:
             if inline_calls is not None:
                 inline_calls.append((event, call))  # made at the end of the batch: see make_inline_calls

@@ -4,10 +4,10 @@ What the payments agent does for one CreatePayment with the in-process simulated
 one process, on plain dicts instead of faust tables: Avro-decode the command and check it
 (validation, card data, publishable ids), decide, seal the token, call the gateway, apply the
 reply, and encode what would be published (events in Avro with CloudEvents headers, their audit
-records, the applied reply). No broker, registry (a fixed schema id), database or faust: the
-figure is the part of a worker's CPU per payment that is our code, and it moves only when our
-code does (the full benchmark's rates move ±15 % with the machine). ``--profile`` prints
-cProfile's top entries (cProfile roughly doubles the figure).
+records, 256 to a message as the worker batches them, the applied reply). No broker, registry (a
+fixed schema id), database or faust: the figure is the part of a worker's CPU per payment that
+is our code, and it moves only when our code does (the full benchmark's rates move ±15 % with
+the machine). ``--profile`` prints cProfile's top entries (cProfile roughly doubles the figure).
 
 The worker's whole CPU per payment, Kafka included, is the ``worker CPU ms/payment`` column of
 ``python -m bench``.
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     values = [requests.encode(factory.create("core", i)) for i in range(args.payments + warmup)]
     origin = "kafka:payment.requests/0@1"
     encoded: dict[str, int] = {}
+    audit: list[Any] = []  # the worker sends a batch's audit records as one message (AuditBatches)
 
     def publish(out: Any) -> None:
         for ev in out.events:
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             encoded[name] = encoded.get(name, 0) + 1
             events.encode(evs.to_avro(ev))
             cloudevent_headers(ev)
-            au.encode_record(event_audit_record(ev, "order-service-bench", origin, False))
+            audit.append(event_audit_record(ev, "order-service-bench", origin, False))
+        if len(audit) >= 256:
+            au.encode_batch(audit)
+            audit.clear()
 
     async def one(value: bytes) -> None:
         command = cmds.from_avro(requests.decode(value))

@@ -9,6 +9,7 @@ never exceeds the size cap; a partition whose transaction was lost to a rebalanc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,23 +75,23 @@ class Recorder:
         self.sent.append(Sent(tid, key, records, len(value), partition))
 
 
-def record(partition: int, offset: int, n: int) -> bytes:
-    return au.encode_record(au.AuditRecord(
+def record(partition: int, offset: int, n: int) -> au.AuditRecord:
+    return au.AuditRecord(
         audit_id=f"event:{partition}-{offset}-{n}", occurred_at=1_700_000_000_000, actor="paystream-worker",
         action="event.PaymentCreated", resource=f"payment:p{partition}-{offset}", outcome="success",
-        origin=f"kafka:{TOPIC}/{partition}@{offset}", detail={"sequence": n}))
+        origin=f"kafka:{TOPIC}/{partition}@{offset}", detail={"sequence": n})
 
 
 def run_batch(batches: AuditBatches, inputs: list[tuple[int, int]], per_input: int = 3,
-              lost: frozenset[str | None] = frozenset()) -> tuple[set[str | None], list[bytes]]:
-    added: list[bytes] = []
+              lost: frozenset[str | None] = frozenset()) -> tuple[set[str | None], list[au.AuditRecord]]:
+    added: list[au.AuditRecord] = []
 
     async def go() -> set[str | None]:
         for partition, offset in inputs:
             for n in range(per_input):
-                encoded = record(partition, offset, n)
-                added.append(encoded)
-                await batches.add(Ev(Msg(TOPIC, partition, offset)), encoded)
+                rec = record(partition, offset, n)
+                added.append(rec)
+                await batches.add(Ev(Msg(TOPIC, partition, offset)), rec)
         return await batches.flush(set(lost))
 
     return asyncio.run(go()), added
@@ -108,20 +109,38 @@ def test_one_message_per_partition_in_its_own_transaction_with_every_record_in_o
         assert sent.tid == f"ps-0-{partition}"
         assert sent.key == f"kafka:{TOPIC}/{partition}@{first_offset}".encode()
         assert all(r.origin.startswith(f"kafka:{TOPIC}/{partition}@") for r in sent.records)
-        wanted = [au.decode_record(b) for b in added if f"/{partition}@".encode() in b]
-        assert sent.records == wanted
+        assert sent.records == [r for r in added if r.origin.startswith(f"kafka:{TOPIC}/{partition}@")]
     # the next batch starts empty
     assert asyncio.run(batches.flush(set())) == set() and len(rec.sent) == 3
 
 
-def test_a_message_never_exceeds_the_cap_and_nothing_is_dropped() -> None:
+def test_a_message_never_exceeds_the_caps_and_nothing_is_dropped() -> None:
+    size = len(au.encode_record(record(0, 0, 0)))
     rec = Recorder()
-    size = len(record(0, 0, 0))
-    batches = AuditBatches(FakeApp(), "paystream-audit", max_bytes=5 * size, send=rec)  # type: ignore[arg-type]
-    _, added = run_batch(batches, [(0, offset) for offset in range(10)])  # 30 records
-    assert len(rec.sent) >= 6
-    assert all(s.size <= 5 * size + 2 for s in rec.sent)  # + the array's brackets
-    assert [r for s in rec.sent for r in s.records] == [au.decode_record(b) for b in added]
+    by_bytes = AuditBatches(FakeApp(), "paystream-audit", max_bytes=5 * size, send=rec)  # type: ignore[arg-type]
+    _, added = run_batch(by_bytes, [(0, offset) for offset in range(10)])  # 30 records
+    assert len(rec.sent) >= 6 and all(s.size <= 5 * size for s in rec.sent)
+    assert [r for s in rec.sent for r in s.records] == added
+    rec = Recorder()
+    by_count = AuditBatches(FakeApp(), "paystream-audit", max_records=4, send=rec)  # type: ignore[arg-type]
+    _, added = run_batch(by_count, [(0, offset) for offset in range(10)])
+    assert [len(s.records) for s in rec.sent] == [4] * 7 + [2]
+    assert [r for s in rec.sent for r in s.records] == added
+
+
+def test_the_batch_encoding_is_the_records_encodings_in_an_array() -> None:
+    records = [record(p, o, n) for p in range(2) for o in range(3) for n in range(3)]
+    assert au.encode_batch(records) == au.encode_records([au.encode_record(r) for r in records])
+    # non-ASCII text: UTF-8 rather than escapes, the same JSON
+    accents = [dataclasses.replace(r, actor="caissière", detail={"note": "reçu €"}) for r in records[:3]]
+    assert au.decode_message(au.encode_batch(accents)) == (accents, [])
+    # what orjson refuses (an integer beyond 64 bits) is encoded the plain way
+    huge = [dataclasses.replace(r, detail={"n": 2**70}) for r in records[:2]]
+    assert au.encode_batch(huge) == au.encode_records([au.encode_record(r) for r in huge])
+    # one record that needs scrubbing: the batch falls back to the record-by-record encoding
+    dirty = [*records[:2], dataclasses.replace(records[2], origin="card 4111 1111 1111 1111"), *records[3:]]
+    wire = au.encode_batch(dirty)
+    assert wire == au.encode_records([au.encode_record(r) for r in dirty]) and b"4111" not in wire
 
 
 @pytest.mark.parametrize("where", ["before", "during"])
