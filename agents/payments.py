@@ -565,10 +565,12 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     # redeliveries are skipped, gaps healed, an input faust drops is not acknowledged but
     # fetched again (F11), and inputs are applied between two commits (F10). See
     # streams/input_guard.py; the fraud agents use the same guard.
-    async def end_batch() -> set[str | None]:
+    async def end_batch(lost: set[str | None]) -> set[str | None]:
         """The batch's inline gateway calls (their replies add audit records and payment changes),
-        then its audit records and its payments' last states, before the offsets and the commit."""
-        lost = await make_inline_calls() if inline_calls is not None else set()
+        then its audit records and its payments' last states, before the offsets and the commit;
+        nothing of a transaction lost to a rebalance (``lost``: while the inputs were applied)."""
+        if inline_calls is not None:
+            lost |= await make_inline_calls()
         lost |= await audit_batches.flush(lost)
         batched_payments.flush(lost)
         return lost

@@ -159,9 +159,11 @@ class GapReader:
 
 Handler = Callable[[Any], Awaitable[None]]
 #: Called once a batch's inputs were handled, before their offsets are recorded and they are
-#: acknowledged: the handler's deferred work (inline gateway calls). Returns the transactions
-#: (``transactional_id``) lost to a rebalance meanwhile: their inputs are left to the new owner.
-BatchEnd = Callable[[], Awaitable[set[str | None]]]
+#: acknowledged: the handler's deferred work (inline gateway calls, batched outputs). Gets the
+#: transactions (``transactional_id``) lost to a rebalance while the inputs were applied, whose
+#: deferred outputs must be dropped; returns those lost meanwhile: their inputs are left to the
+#: new owner.
+BatchEnd = Callable[[set[str | None]], Awaitable[set[str | None]]]
 
 
 def current_assignment(app: faust.App) -> Collection[tuple[str, int]]:
@@ -379,7 +381,7 @@ class InputGuard:
                 lost.add(tid)
                 log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner", exc)
         if self.on_batch_end is not None:
-            lost |= await self.on_batch_end()
+            lost |= await self.on_batch_end(set(lost))
         for key, event in writer.items():
             if transactional_id(self.app, event) in lost:
                 continue

@@ -89,14 +89,17 @@ def ev(partition: int, offset: int) -> Ev:
 
 
 def guard(app: FakeApp, table: RecordingTable, handled: list[tuple[int, int]], *, lose: set[int] = frozenset(),
-          lost_at_end: set[str | None] | None = None) -> InputGuard:
+          lost_at_end: set[str | None] | None = None, ends: list[set[str | None]] | None = None) -> InputGuard:
+    ends = ends if ends is not None else []
+
     async def handle(event: Any) -> None:
         m = event.message
         if m.partition in lose:
             raise PartitionLost(f"ps-0-{m.partition}")
         handled.append((m.partition, m.offset))
 
-    async def end() -> set[str | None]:
+    async def end(lost_while_applied: set[str | None]) -> set[str | None]:
+        ends.append(set(lost_while_applied))
         return set(lost_at_end or ())
 
     return InputGuard(app, table, [TOPIC], handle, gaps=None, max_batch=100,  # type: ignore[arg-type]
@@ -116,10 +119,13 @@ def test_one_write_per_partition_in_the_partition_of_its_input_and_redeliveries_
 
 def test_a_partition_lost_while_applying_gets_no_write_and_no_later_input() -> None:
     app, table, handled = FakeApp({0, 1}), RecordingTable(), []
-    g = guard(app, table, handled, lose={0})
+    ends: list[set[str | None]] = []
+    g = guard(app, table, handled, lose={0}, ends=ends)
     asyncio.run(g.apply_batch([ev(0, 1), ev(1, 1), ev(0, 2), ev(1, 2)]))
     assert handled == [(1, 1), (1, 2)]
     assert table.writes == [(f"{TOPIC}:1", 2, 1)]
+    # the end of the batch is told, so it drops what it deferred for that partition
+    assert ends == [{"ps-0-0"}]
 
 
 def test_a_partition_lost_during_the_end_of_the_batch_gets_no_write() -> None:
