@@ -215,10 +215,12 @@ def plainly_clean(obj: object, *, integers: bool = True, max_text: int | None = 
     For plain JSON-like data (dicts with text keys, lists, tuples, text, numbers, None) with no
     CVV-like field name (whatever its value) and, over all its names and texts (and integers,
     unless ``integers=False``), no run of 13 digits with at most single spaces or dashes between
-    them, which every PAN has; with ``max_text``, no text longer than that either. Joined with a
-    NUL between them, the texts are searched once in C, instead of once per field in Python: a
-    PAN in any one of them is still a run of the joined text. Anything else (bytes, dataclasses,
-    sets, deep nesting, a candidate run, a CVV-like name): False, and the full ``scan`` decides.
+    them, which every PAN has, in a text where ``find_pan`` (the walk's own test) finds none;
+    with ``max_text``, no text longer than that either. Joined with a NUL between them, the texts
+    are searched once in C, instead of once per field in Python: a PAN in any one of them is
+    still a run of the joined text, and only the texts holding a candidate run (a UUID's digit
+    tail, an epoch-ms timestamp) are checked one by one. Anything else (bytes, dataclasses, sets,
+    deep nesting, a card number, a CVV-like name): False, and the full ``scan`` decides.
     """
     limit = max_text if max_text is not None else -1
     parts: list[str] = []
@@ -247,14 +249,24 @@ def plainly_clean(obj: object, *, integers: bool = True, max_text: int | None = 
                 parts.append(value)  # type: ignore[arg-type]
             elif kind is int:
                 if integers:
-                    parts.append(str(value))
+                    parts.append(str(value) if value >= 0 else str(-value))  # type: ignore[operator]
             elif value is None or kind is bool or kind is float:
                 pass
             elif kind is dict or kind is list or kind is tuple:
                 pending.append((value, depth + 1))
             else:
                 return False  # bytes, sets, dataclasses, other numbers: the walk decides
-    return _PAN_CANDIDATE.search("\0".join(parts)) is None
+    joined = "\0".join(parts)
+    checked_to = -1  # the texts holding a candidate run are checked as the walk would: find_pan
+    for candidate in _PAN_CANDIDATE.finditer(joined):
+        if candidate.start() < checked_to:
+            continue  # a second run in a text already checked
+        start = joined.rfind("\0", 0, candidate.start()) + 1
+        end = joined.find("\0", candidate.end())
+        checked_to = len(joined) if end < 0 else end
+        if find_pan(joined[start:checked_to]):
+            return False
+    return True
 
 
 def scan(obj: object, *, integers: bool = True) -> list[str]:

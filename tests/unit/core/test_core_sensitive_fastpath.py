@@ -50,8 +50,13 @@ def test_the_fast_path_is_taken_for_ordinary_records_and_refused_for_card_data()
     record = {"event_id": "1b4e28ba-2d11-4b3e-9c1a-0242ac130003", "sequence": 3, "status": "succeeded",
               "amount": 1999, "currency": "EUR", "metadata": {"cart_id": "cart_ab12", "channel": "web"},
               "occurred_at": 1_700_000_000_000}
-    assert not plainly_clean(record)  # a 13-digit timestamp is a candidate: the walk decides
-    assert plainly_clean(record, integers=False)
+    # A 13-digit timestamp, a UUID with a digit tail: candidate runs, checked as the walk checks
+    # them (Luhn), so not card numbers; one timestamp in ten is Luhn-valid and is one (F9).
+    assert plainly_clean(record)
+    assert plainly_clean({**record, "causation": "990ebd58-447a-5874-9226-867870510744"})
+    assert not plainly_clean({**record, "occurred_at": 1_700_000_000_004})
+    assert scan({**record, "occurred_at": 1_700_000_000_004}) == ["$.occurred_at"]
+    assert plainly_clean({**record, "occurred_at": 1_700_000_000_004}, integers=False)
     record.pop("occurred_at")
     assert plainly_clean(record)
     for card in CARDS:
