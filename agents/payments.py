@@ -251,7 +251,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
 
     # The processor's writes of a batch reach the table (and its changelog) once per payment, at the
     # batch's end (``end_batch``); everything else reads the table itself.
-    batched_payments = BatchWrites(app, payments_table)
+    batched_payments = BatchWrites(app, payments_table, encode=PaymentRecord.to_json)
     processor = PaymentProcessor(
         batched_payments, idempotency_table,
         idempotency_retention_ms=s.idempotency_retention_s * 1000,

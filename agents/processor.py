@@ -51,6 +51,7 @@ from paystream.core.sensitive import redact
 from paystream.metrics import ORPHAN_CHARGES, ORPHAN_RESOLUTIONS, RECONCILER_RESOLUTIONS
 from paystream.security.crypto import CryptoError, is_envelope
 from tables import codec
+from tables.batched import BatchWrites
 
 log = logging.getLogger("paystream.processor")
 
@@ -142,6 +143,11 @@ class PaymentRecord:
         return {"state": codec.to_plain(self.state), "sequence": self.sequence, "queue": self.queue,
                 "partition": self.partition}
 
+    def copy(self) -> PaymentRecord:
+        """A record that shares nothing mutable with this one (``state`` is immutable)."""
+        return PaymentRecord(state=self.state, sequence=self.sequence, queue=list(self.queue),
+                             partition=self.partition)
+
     @classmethod
     def from_json(cls, value: dict[str, Any] | None) -> PaymentRecord:
         if not value:
@@ -220,6 +226,9 @@ class PaymentProcessor:
         fraud_enabled: bool = False,
     ) -> None:
         self.payments = payments
+        # A batch's writes of the payments table, when it is one (agents.payments): records go in
+        # and come back out as objects within the batch.
+        self._batch = payments if isinstance(payments, BatchWrites) and payments.encode is not None else None
         self.idempotency = idempotency
         self.retention_ms = idempotency_retention_ms
         # Saved methods of this worker's partitions (authoritative), keyed by method id.
@@ -239,12 +248,20 @@ class PaymentProcessor:
     # ---------------------------------------------------------------- records
 
     def load(self, payment_id: str, partition: int) -> PaymentRecord:
-        record = PaymentRecord.from_json(self.payments.get(payment_id))
+        recent = self._batch.get_object(payment_id) if self._batch is not None else None
+        if recent is not None:  # saved earlier in this batch: a copy, not a decode of its JSON
+            record: PaymentRecord = recent.copy()
+        else:
+            record = PaymentRecord.from_json(self.payments.get(payment_id))
         record.partition = partition
         return record
 
     def save(self, payment_id: str, record: PaymentRecord) -> None:
-        self.payments[payment_id] = record.to_json()
+        if self._batch is not None:
+            # Encoded once at the batch's end (or when someone reads it as JSON before), not per save.
+            self._batch.put_object(payment_id, record.copy())
+        else:
+            self.payments[payment_id] = record.to_json()
         if needs_watch(record.state):
             self.watched.add(payment_id)
         else:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from agents.gateway import execute, reply_input
     from agents.payments import cloudevent_headers, event_audit_record
-    from agents.processor import PaymentProcessor, unseal_call
+    from agents.processor import PaymentProcessor, PaymentRecord, unseal_call
     from agents.routing import load_routing_file, make_router
     from bench.load import CommandFactory
     from gateway_clients.simulated.client import InProcessSimulatedGateway
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from paystream.security import audit as au
     from paystream.security.crypto import KeyRing
     from paystream.worker import build_gateways
+    from tables.batched import BatchWrites
 
     settings = get_settings()
     gateways = build_gateways(settings)
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # processes a test session starts afterwards talk to.
     gateways["simulated"] = InProcessSimulatedGateway(SimulatedGatewayEngine(), timeout_s=settings.gateway_timeout_s)
     keyring = KeyRing(keys={"bench": os.urandom(32)}, current="bench")  # tokens sealed as in a worker
+    # The payments table behind a batch's write buffer, as in the worker (flushed every 256 payments).
+    payments = BatchWrites(None, {}, encode=PaymentRecord.to_json)
     processor = PaymentProcessor(
-        {}, {}, sealer=keyring,
+        payments, {}, sealer=keyring,
         router=make_router(load_routing_file(settings.routing_rules_file), gateways, settings.disabled_gateways()),
     )
     requests, events = _offline_codec("payment.requests"), _offline_codec("payment.events")
@@ -100,8 +103,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             calls.extend(applied.calls)
 
     async def run(batch: list[bytes]) -> None:
-        for value in batch:
+        for n, value in enumerate(batch, 1):
             await one(value)
+            if n % 256 == 0:
+                payments.flush()
+        payments.flush()
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(run(values[:warmup]))

@@ -98,3 +98,27 @@ def test_deletes_go_straight_through() -> None:
     with pytest.raises(KeyError):
         del batch["c"]
     assert batch.flush() == 0 and dict(table) == {}
+
+
+def test_objects_are_encoded_once_when_read_as_values_or_flushed() -> None:
+    encoded: list[str] = []
+
+    def encode(obj: dict[str, int]) -> dict[str, int]:
+        encoded.append("x")
+        return {"v": obj["v"] * 10}
+
+    table = RecordingTable()
+    batch = BatchWrites(FakeApp(), table, encode=encode)
+    e1, e2 = Ev(Msg(TOPIC, 0, 1)), Ev(Msg(TOPIC, 0, 2))
+    set_current_event(e1)
+    batch.put_object("p", {"v": 1})
+    set_current_event(e2)
+    batch.put_object("p", {"v": 2})  # written twice in the batch: encoded at most once
+    assert batch.get_object("p") == {"v": 2} and encoded == []
+    assert batch.get("p") == {"v": 20} and batch["p"] == {"v": 20} and encoded == ["x"]
+    batch.put_object("q", {"v": 3})
+    assert batch.flush() == 2 and len(encoded) == 2
+    assert table.writes == [("p", {"v": 20}, e2), ("q", {"v": 30}, e2)]
+    assert batch.get_object("p") is None  # after the batch: the table's value, decoded by its reader
+    with pytest.raises(TypeError):
+        BatchWrites(FakeApp(), table).put_object("p", {"v": 1})
