@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,37 +18,8 @@ import pytest
 from agents.payments import AuditBatches
 from paystream.security import audit as au
 from streams.input_guard import PartitionLost
-
-TOPIC = "payment.requests"
-
-
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass
-class Ev:
-    message: Msg
-
-
-class FakeAssignor:
-    def group_for_topic(self, topic: str) -> int:
-        return 0
-
-
-@dataclass
-class FakeConf:
-    id: str = "ps"
-
-
-@dataclass
-class FakeApp:
-    in_transaction: bool = True
-    conf: FakeConf = field(default_factory=FakeConf)
-    assignor: FakeAssignor = field(default_factory=FakeAssignor)
+from tests.support.fake_inputs import TOPIC, Ev, Msg
+from tests.support.fake_inputs import TxnApp as FakeApp
 
 
 @dataclass

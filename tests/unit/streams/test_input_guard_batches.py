@@ -17,24 +17,7 @@ from faust.streams import current_event
 from faust.types import TP
 
 from streams.input_guard import InputGuard, PartitionLost
-
-TOPIC = "payment.requests"
-
-
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-
-@dataclass
-class Ev:
-    message: Msg
+from tests.support.fake_inputs import TOPIC, FakeAssignor, FakeConf, ev
 
 
 class FakeConsumer:
@@ -46,16 +29,6 @@ class FakeConsumer:
 
     def highwater(self, tp: TP) -> int:
         return 10_000
-
-
-class FakeAssignor:
-    def group_for_topic(self, topic: str) -> int:
-        return 0
-
-
-@dataclass
-class FakeConf:
-    id: str = "ps"
 
 
 class FakeApp:
@@ -82,10 +55,6 @@ class RecordingTable:
         assert ev is not None, "a table write outside of any input"
         self.writes.append((key, value, ev.message.partition))
         self.data[key] = value
-
-
-def ev(partition: int, offset: int) -> Ev:
-    return Ev(Msg(TOPIC, partition, offset))
 
 
 def guard(app: FakeApp, table: RecordingTable, handled: list[tuple[int, int]], *, lose: set[int] = frozenset(),

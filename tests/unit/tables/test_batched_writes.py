@@ -4,7 +4,6 @@ partition and transaction), and never for a transaction lost to a rebalance."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -12,37 +11,8 @@ from faust.streams import current_event
 
 from streams.input_guard import set_current_event
 from tables.batched import BatchWrites
-
-TOPIC = "payment.requests"
-
-
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass(eq=False)
-class Ev:
-    message: Msg
-
-
-class FakeAssignor:
-    def group_for_topic(self, topic: str) -> int:
-        return 0
-
-
-@dataclass
-class FakeConf:
-    id: str = "ps"
-
-
-@dataclass
-class FakeApp:
-    in_transaction: bool = True
-    conf: FakeConf = field(default_factory=FakeConf)
-    assignor: FakeAssignor = field(default_factory=FakeAssignor)
+from tests.support.fake_inputs import TOPIC, Ev, Msg
+from tests.support.fake_inputs import TxnApp as FakeApp
 
 
 class RecordingTable(dict[str, Any]):
