@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-payments", type=int, help="payments per HTTP-gateway burst")
     p.add_argument("--latency-seconds", type=float, help="length of each open-loop latency run")
     p.add_argument("--recovery-k", type=int, help="payments in the table for the recovery runs (e.g. 1000000)")
+    p.add_argument("--warmup-payments", type=int,
+                   help="unmeasured exactly_once burst before the scenarios (default 10000, 0 with --quick; 0: none)")
     p.add_argument("--persistent-recovery", action=argparse.BooleanOptionalAction, default=None,
                    help="also restart with faust's rocksdb store, fresh and kept (default: yes, not with --quick)")
     p.add_argument("--gateway-latency-ms", type=float, action="append",
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     profile = QUICK if args.quick else DEFAULT
     changes: dict[str, object] = {}
-    for name in ("payments", "http_payments", "latency_seconds", "recovery_k", "persistent_recovery"):
+    for name in ("payments", "http_payments", "latency_seconds", "recovery_k", "persistent_recovery",
+                 "warmup_payments"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.gateway_latency_ms:

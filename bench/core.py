@@ -24,7 +24,8 @@ import pstats
 import time
 from typing import Any
 
-from streams.avro import AVRO_TOPICS, AvroCodec
+from streams.avro import AvroCodec
+from streams.topics import AVRO_TOPICS
 
 
 def _offline_codec(topic_name: str) -> AvroCodec:

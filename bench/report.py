@@ -219,7 +219,9 @@ def markdown_summary(data: Mapping[str, Any], command: str) -> str:
         f"{fmt_num(params.get('http_payments'))} per HTTP-gateway burst, {params.get('partitions', '?')} partitions, "
         f"commit interval {params.get('commit_interval_s', '?')} s, gateway batch "
         f"{params.get('gateway_batch_size', '?')}, open-loop runs of {params.get('latency_seconds', '?')} s, "
-        f"recovery with {fmt_num(params.get('recovery_k'))} payments.",
+        f"recovery with {fmt_num(params.get('recovery_k'))} payments"
+        + (f"; an unmeasured exactly_once warm-up burst of {fmt_num(params.get('warmup_payments'))} payments first"
+           if params.get("warmup_payments") else "") + ".",
         "",
         "### Throughput",
         "",

@@ -185,3 +185,15 @@ def test_cli_defaults_and_overrides() -> None:
     assert args.only == ["eos", "baseline"]
     assert parse_args(["--only", "textbook"]).only == ["textbook"]
     assert parse_args([]).docs is None
+    assert parse_args([]).warmup_payments is None and parse_args(["--warmup-payments", "0"]).warmup_payments == 0
+
+
+def test_the_warm_up_is_named_in_the_parameters_only_when_there_was_one() -> None:
+    from bench.run import DEFAULT, QUICK
+
+    assert DEFAULT.warmup_payments > 0 and QUICK.warmup_payments == 0
+    results = sample()
+    assert "warm-up" not in markdown_summary(add_ratios(results), "python -m bench")
+    results["meta"]["params"]["warmup_payments"] = 10_000
+    assert ("an unmeasured exactly_once warm-up burst of 10,000 payments first."
+            in markdown_summary(add_ratios(results), "python -m bench"))
