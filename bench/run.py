@@ -178,16 +178,17 @@ class Bench:
         return watcher.terminal_at[key.decode()] - worker.started
 
     def _ready_worker(self, name: str, env: dict[str, str], watcher: TerminalWatcher, phase: str,
-                      start: Callable[[str, dict[str, str], Path], benv.Proc] = benv.start_worker
-                      ) -> tuple[benv.Proc, float]:
+                      start: Callable[[str, dict[str, str], Path], benv.Proc] = benv.start_worker,
+                      measured: bool = True) -> tuple[benv.Proc, float]:
         """Start a worker and wait for its first payment; a worker that stays silent is
         restarted once (a first start right after the broker came up was seen to hang)."""
         for attempt in (1, 2):
             worker = start(name if attempt == 1 else f"{name}-retry", env, self.log_dir)
             startup = self._probe(watcher, phase, worker, timeout=90 if attempt == 1 else 180)
             if startup is not None:
-                self.results.startup.append({"name": f"worker start, empty state ({name})",
-                                             "seconds": round(startup, 2), "attempt": attempt})
+                if measured:
+                    self.results.startup.append({"name": f"worker start, empty state ({name})",
+                                                 "seconds": round(startup, 2), "attempt": attempt})
                 self.say(f"{name} ready: first payment answered {startup:.1f}s after start")
                 return worker, startup
             worker.stop()
@@ -310,7 +311,7 @@ class Bench:
             watcher = TerminalWatcher(self.s, from_beginning=True)
             worker: benv.Proc | None = None
             try:
-                worker, _ = self._ready_worker("worker-warmup", env, watcher, "probewarmup")
+                worker, _ = self._ready_worker("worker-warmup", env, watcher, "probewarmup", measured=False)
                 row = self._throughput("warm-up exactly_once", "warmup", n, watcher, worker, 0, {}, postgres=False)
                 self.results.meta["warmup"] = {"payments": n, "per_s": row["per_s"],
                                                "worker_cpu_ms": row.get("worker_cpu_ms")}
@@ -318,7 +319,6 @@ class Bench:
                 if worker is not None:
                     worker.stop()
                 watcher.close()
-            self.results.startup.pop()  # its start-up is not one of the measured ones
 
     def run_inprocess(self, guarantee: str, eos_max: float | None) -> float | None:
         """One session with the in-process gateway; returns the burst throughput."""

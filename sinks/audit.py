@@ -1,7 +1,7 @@
 """The audit topic → ``audit_log``, one hash chain (``paystream audit sink`` / ``audit verify``).
 
 Records come from the workers (one per published event, in the event's transaction; a batch's
-records for one partition travel as one message, a JSON array: ``audit.encode_records``), the
+records for one partition travel as one message, a JSON array: ``audit.encode_batch``), the
 HTTP edge (every API call and webhook, accepted or rejected) and admin commands. The chain
 needs a single order, so appends take a row lock on ``audit_chain_head`` for the whole batch:
 any number of sink processes may run, they append one batch at a time. A record whose

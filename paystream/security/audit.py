@@ -94,6 +94,11 @@ def _text(value: str) -> str:
     return redact(value)[:_MAX_TEXT]
 
 
+def _dumps(value: Any) -> bytes:
+    """The JSON of the audit topic and of the chain's canonical rows: sorted keys, no spaces, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
 def _checked(record: AuditRecord) -> list[Any]:
     # What the card-data pre-check reads of a record: its texts and detail (not occurred_at, an
     # epoch-ms integer of 13 digits, which would always look like a card number's digit run).
@@ -114,7 +119,7 @@ def encode_record(record: AuditRecord) -> bytes:
     if plainly_clean(_checked(record), max_text=_MAX_TEXT):
         # Nothing to redact or cut (the common case, checked in one pass): scrubbing would
         # return the same values, and JSON writes a tuple as the list scrub would make of it.
-        return json.dumps(_plain(record), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return _dumps(_plain(record))
     return _encode_scrubbed(record)
 
 
@@ -129,7 +134,7 @@ def encode_batch(records: Sequence[AuditRecord]) -> bytes:
         try:
             return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:  # what orjson refuses (integers beyond 64 bits...): the plain way
-            return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+            return _dumps(plain)
     return encode_records([encode_record(r) for r in records])
 
 
@@ -145,7 +150,7 @@ def _encode_scrubbed(record: AuditRecord) -> bytes:
         "origin": _text(record.origin),
         "detail": scrub(record.detail),
     }
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _dumps(plain)
 
 
 def encode_records(encoded: Sequence[bytes]) -> bytes:
@@ -234,7 +239,7 @@ def _canonical(seq: int, record: AuditRecord | ChainedRow, prev_hash: str) -> by
         "detail": record.detail,
         "prev_hash": prev_hash,
     }
-    return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _dumps(row)
 
 
 def chain_hash(prev_hash: str, canonical_row: bytes) -> str:
