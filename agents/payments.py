@@ -64,7 +64,7 @@ from streams.input_guard import (
     transactional_id,
 )
 from tables import codec
-from tables.batched import BatchWrites
+from tables.batched import BatchWrites, changelog_writer
 
 log = logging.getLogger("paystream.agents")
 
@@ -249,11 +249,14 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         local = methods_table.get(method_id)
         return local if local is not None else directory.get(method_id)
 
-    # The processor's writes of a batch reach the table (and its changelog) once per payment, at the
-    # batch's end (``end_batch``); everything else reads the table itself.
-    batched_payments = BatchWrites(app, payments_table, encode=PaymentRecord.to_json)
+    # The processor's writes of a batch reach the tables (and their changelogs, straight into the
+    # inputs' transactions) once per key, at the batch's end (``end_batch``); everything else
+    # reads the payments table itself.
+    batched_payments = BatchWrites(app, payments_table, encode=PaymentRecord.to_json,
+                                   write=changelog_writer(app, payments_table))
+    batched_idempotency = BatchWrites(app, idempotency_table, write=changelog_writer(app, idempotency_table))
     processor = PaymentProcessor(
-        batched_payments, idempotency_table,
+        batched_payments, batched_idempotency,
         idempotency_retention_ms=s.idempotency_retention_s * 1000,
         methods=methods_table, sealer=keyring, method_lookup=lookup_method,
         router=make_router(load_routing_file(s.routing_rules_file), w.gateways, s.disabled_gateways()),
@@ -567,12 +570,14 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     # streams/input_guard.py; the fraud agents use the same guard.
     async def end_batch(lost: set[str | None]) -> set[str | None]:
         """The batch's inline gateway calls (their replies add audit records and payment changes),
-        then its audit records and its payments' last states, before the offsets and the commit;
+        then its audit records, its payments' last states and its command ids, before the offsets
+        and the commit;
         nothing of a transaction lost to a rebalance (``lost``: while the inputs were applied)."""
         if inline_calls is not None:
             lost |= await make_inline_calls()
         lost |= await audit_batches.flush(lost)
-        batched_payments.flush(lost)
+        lost |= await batched_payments.flush(lost)
+        lost |= await batched_idempotency.flush(lost)
         return lost
 
     guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection()),

@@ -64,10 +64,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # processes a test session starts afterwards talk to.
     gateways["simulated"] = InProcessSimulatedGateway(SimulatedGatewayEngine(), timeout_s=settings.gateway_timeout_s)
     keyring = KeyRing(keys={"bench": os.urandom(32)}, current="bench")  # tokens sealed as in a worker
-    # The payments table behind a batch's write buffer, as in the worker (flushed every 256 payments).
+    # The payments and idempotency tables behind a batch's write buffer, as in the worker (flushed
+    # every 256 payments).
     payments = BatchWrites(None, {}, encode=PaymentRecord.to_json)
+    idempotency = BatchWrites(None, {})
     processor = PaymentProcessor(
-        payments, {}, sealer=keyring,
+        payments, idempotency, sealer=keyring,
         router=make_router(load_routing_file(settings.routing_rules_file), gateways, settings.disabled_gateways()),
     )
     requests, events = _offline_codec("payment.requests"), _offline_codec("payment.events")
@@ -107,8 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for n, value in enumerate(batch, 1):
             await one(value)
             if n % 256 == 0:
-                payments.flush()
-        payments.flush()
+                await payments.flush()
+                await idempotency.flush()
+        await payments.flush()
+        await idempotency.flush()
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(run(values[:warmup]))

@@ -50,7 +50,7 @@ class RecordingTable(dict[str, Any]):
         super().__setitem__(key, value)
 
 
-def run(processor: PaymentProcessor, batch: BatchWrites | None, commands: list[cmds.Command],
+def run(processor: PaymentProcessor, batches: list[BatchWrites], commands: list[cmds.Command],
         keyring: KeyRing, batch_size: int) -> list[Any]:
     gateways = {"simulated": InProcessSimulatedGateway(SimulatedGatewayEngine())}
     outputs: list[Any] = []
@@ -68,8 +68,8 @@ def run(processor: PaymentProcessor, batch: BatchWrites | None, commands: list[c
                     applied = processor.handle_input(call.payment_id, reply_input(reply), now, 0)
                     outputs.append((applied.events, applied.calls, applied.ignored))
                     calls.extend(applied.calls)
-            if batch is not None:
-                batch.flush()
+            for batch in batches:
+                assert await batch.flush() == set()
 
     asyncio.run(go())
     return outputs
@@ -91,11 +91,15 @@ def test_a_batch_buffer_changes_nothing_but_the_number_of_table_writes() -> None
                                          cmds.RefundPayment(refund_id=f"re-{i}", amount=max(1, body.amount // 2),
                                                             reason=None)))
     plain_table, buffered_table = RecordingTable(), RecordingTable()
-    plain = PaymentProcessor(plain_table, {}, sealer=keyring)
+    plain_ids, buffered_ids = RecordingTable(), RecordingTable()
+    plain = PaymentProcessor(plain_table, plain_ids, sealer=keyring)
     batch = BatchWrites(None, buffered_table, encode=PaymentRecord.to_json)
-    buffered = PaymentProcessor(batch, {}, sealer=keyring)
-    assert unsealed(run(plain, None, commands, keyring, 16)) == unsealed(run(buffered, batch, commands, keyring, 16))
+    batch_ids = BatchWrites(None, buffered_ids)
+    buffered = PaymentProcessor(batch, batch_ids, sealer=keyring)
+    assert (unsealed(run(plain, [], commands, keyring, 16))
+            == unsealed(run(buffered, [batch, batch_ids], commands, keyring, 16)))
     assert unsealed(dict(buffered_table)) == unsealed(dict(plain_table))
+    assert dict(buffered_ids) == dict(plain_ids) and len(plain_ids) == len({c.command_id for c in commands})
     assert len(plain_table) == 40 and all(v["state"]["status"] in ("succeeded", "refunded", "partially_refunded")
                                           for v in plain_table.values())
     # one write per payment and batch instead of one per change
