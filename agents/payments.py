@@ -582,7 +582,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
 
     guard = InputGuard(app, applied_offsets, inputs.topics, handle, GapReader(s.kafka_connection()),
                        commit_when_idle=s.commit_when_idle, max_batch=s.input_batch_max,
-                       on_batch_end=end_batch).install()
+                       on_batch_end=end_batch, write=changelog_writer(app, applied_offsets)).install()
 
     @app.agent(inputs, name="payments")
     async def payments(stream: faust.StreamT[bytes]) -> None:

@@ -164,6 +164,10 @@ Handler = Callable[[Any], Awaitable[None]]
 #: deferred outputs must be dropped; returns those lost meanwhile: their inputs are left to the
 #: new owner.
 BatchEnd = Callable[[set[str | None]], Awaitable[set[str | None]]]
+#: Writes a partition's last applied offset (``"topic:partition"`` -> offset) for the input that
+#: applied it, in its transaction (``tables.batched.changelog_writer``); ``PartitionLost`` when
+#: that transaction was closed by a rebalance.
+OffsetWrite = Callable[[Any, str, int], Awaitable[None]]
 
 
 def current_assignment(app: faust.App) -> Collection[tuple[str, int]]:
@@ -247,10 +251,11 @@ class InputGuard:
 
     def __init__(self, app: faust.App, table: Any, topics: Collection[str], handle: Handler,
                  gaps: GapReader, *, commit_when_idle: bool = False, max_batch: int = 1,
-                 on_batch_end: BatchEnd | None = None) -> None:
+                 on_batch_end: BatchEnd | None = None, write: OffsetWrite | None = None) -> None:
         self.app, self.table, self.topics, self.handle, self.gaps = app, table, frozenset(topics), handle, gaps
         self.max_batch = max(1, max_batch)
         self.on_batch_end = on_batch_end
+        self.write = write  # how a batch records its applied offsets (None: faust's table write)
         self.idle_committer = IdleCommitter(app) if commit_when_idle else None
         self.refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
         self._refetching: set[asyncio.Future[None]] = set()
@@ -365,7 +370,7 @@ class InputGuard:
         closed by a rebalance, before or while the batch was applied, is left to the new owner."""
         lost: set[str | None] = set()
         last: dict[str, int | None] = {}  # "topic:partition" -> last applied offset, as the batch goes
-        writer: dict[str, Any] = {}  # "topic:partition" -> the input whose partition receives its write
+        writer: dict[str, tuple[Any, int]] = {}  # "topic:partition" -> the input that applied its last offset
         for event in batch:
             m = event.message
             tid = transactional_id(self.app, event)
@@ -376,17 +381,25 @@ class InputGuard:
             set_current_event(event)
             try:
                 if await self._apply_after(event, last[key] if key in last else self.table.get(key)):
-                    last[key], writer[key] = m.offset, event
+                    last[key], writer[key] = m.offset, (event, m.offset)
             except PartitionLost as exc:
                 lost.add(tid)
                 log.warning("partition lost to a rebalance while applying an input (%s): left to its new owner", exc)
         if self.on_batch_end is not None:
             lost |= await self.on_batch_end(set(lost))
-        for key, event in writer.items():
-            if transactional_id(self.app, event) in lost:
+        for key, (event, offset) in writer.items():
+            tid = transactional_id(self.app, event)
+            if tid in lost:
                 continue
-            set_current_event(event)
-            self.table[key] = last[key]
+            if self.write is None:
+                set_current_event(event)
+                self.table[key] = offset
+                continue
+            try:
+                await self.write(event, key, offset)
+            except PartitionLost as exc:  # its inputs stay unacknowledged (the ack guard): the new owner's
+                lost.add(tid)
+                log.warning("partition lost to a rebalance while recording applied offsets (%s)", exc)
 
     def on_refused(self, message: Any) -> None:
         metrics.ACK_REFUSED.labels(message.topic).inc()

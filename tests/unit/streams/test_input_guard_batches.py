@@ -110,3 +110,26 @@ def test_inputs_of_a_partition_revoked_while_buffered_are_left_to_the_new_owner(
     g = guard(app, table, handled)
     asyncio.run(g.apply_batch([ev(0, 1), ev(1, 1)]))
     assert handled == [(1, 1)] and table.writes == [(f"{TOPIC}:1", 1, 1)]
+
+
+def test_applied_offsets_through_a_writer_land_per_partition_and_a_lost_one_is_left_unrecorded() -> None:
+    app, table, handled = FakeApp({0, 1, 2}), RecordingTable(), []
+    recorded: list[tuple[str, int, int]] = []
+
+    async def write(event: Any, key: str, offset: int) -> None:
+        if event.message.partition == 2:
+            raise PartitionLost("ps-0-2")  # its transaction was closed by a rebalance meanwhile
+        recorded.append((key, offset, event.message.partition))
+        table.data[key] = offset  # what the writer does to the store once the record is sent
+
+    g = InputGuard(app, table, [TOPIC], lambda e: _handled(handled, e), gaps=None,  # type: ignore[arg-type]
+                   max_batch=100, write=write)
+    asyncio.run(g.apply_batch([ev(0, 1), ev(1, 5), ev(2, 9), ev(0, 2)]))
+    assert handled == [(0, 1), (1, 5), (2, 9), (0, 2)]
+    assert sorted(recorded) == [(f"{TOPIC}:0", 2, 0), (f"{TOPIC}:1", 5, 1)]
+    # nothing says partition 2's input was applied: the ack guard keeps it for the new owner
+    assert not g.applied(ev(2, 9).message.tp, 9) and g.applied(ev(0, 2).message.tp, 2)
+
+
+async def _handled(handled: list[tuple[int, int]], event: Any) -> None:
+    handled.append((event.message.partition, event.message.offset))
