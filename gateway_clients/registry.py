@@ -6,7 +6,7 @@ A gateway is built when its required settings are present (or when it is listed 
 in which case missing settings are an error):
 
 =========  ========================================================================
-simulated  simgw_url [simgw_webhook_secrets]
+simulated  simgw_url [simgw_webhook_secrets, gateway_max_in_flight (its connection pool)]
 stripe     stripe_api_key [stripe_api_base, stripe_webhook_secrets, stripe_return_url]
 paypal     paypal_client_id, paypal_client_secret [paypal_api_base, paypal_webhook_id]
 adyen      adyen_api_key, adyen_merchant_account [adyen_api_base, adyen_hmac_keys,
@@ -49,6 +49,9 @@ def build_gateways(
                 _required(get, "simgw_url"),
                 timeout_s=timeout_s,
                 webhook_secrets=_list(get("simgw_webhook_secrets")),
+                # as many connections as calls the worker lets fly to one gateway: a call waiting
+                # for a free connection would count its wait against the connect timeout
+                max_connections=int(get("gateway_max_in_flight") or 128),
             ),
         ),
         "stripe": (
@@ -101,9 +104,11 @@ def _reader(settings_like: object) -> Callable[[str], str | None]:
             return None
         if isinstance(value, str):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
         if isinstance(value, list | tuple):
             return ",".join(str(v) for v in value)
-        raise TypeError(f"setting {name} must be a string or a list of strings")
+        raise TypeError(f"setting {name} must be a string, an integer or a list of strings")
 
     return get
 

@@ -62,3 +62,17 @@ def test_explicit_names_require_their_settings() -> None:
     with pytest.raises(ValueError, match="unknown gateways"):
         build_gateways({}, names=["bitcoin"])
     assert set(build_gateways({"simgw_url": "http://x", "stripe_api_key": "sk"}, names=["stripe"])) == {"stripe"}
+
+
+def test_the_simulated_client_pools_as_many_connections_as_calls_may_fly() -> None:
+    from paystream.config import Settings
+
+    # A call waiting for a pooled connection counts the wait against its connect timeout (and is
+    # then "not sent"): the pool must hold every call the in-flight cap lets through.
+    wide = build_gateways(Settings(simgw_url="http://127.0.0.1:18090", gateway_max_in_flight=512),
+                          names=["simulated"])["simulated"]
+    default = build_gateways({"simgw_url": "http://127.0.0.1:18090"}, names=["simulated"])["simulated"]
+    assert isinstance(wide, SimulatedGatewayClient) and isinstance(default, SimulatedGatewayClient)
+    assert (wide._max_connections, default._max_connections) == (512, 128)
+    with pytest.raises(TypeError):
+        build_gateways({"simgw_url": "http://127.0.0.1:18090", "gateway_max_in_flight": 1.5}, names=["simulated"])
