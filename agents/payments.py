@@ -160,7 +160,7 @@ class AuditBatches:
 
     def __init__(self, app: faust.App, topic: str, *, max_records: int = AUDIT_BATCH_MAX_RECORDS,
                  max_bytes: int = AUDIT_BATCH_MAX_BYTES,
-                 send: Callable[..., Awaitable[None]] = send_in_input_transaction) -> None:
+                 send: Callable[..., Awaitable[Any]] = send_in_input_transaction) -> None:
         self.app, self.topic, self._send_fn = app, topic, send
         self.max_records, self.max_bytes = max_records, max_bytes
         # (transactional id, partition) -> the first input of the batch there, and its records

@@ -81,14 +81,14 @@ def transactional_id(app: faust.App, event: Any) -> str | None:
 
 async def send_in_input_transaction(app: faust.App, event: Any, topic: str, key: bytes | None,
                                     value: bytes | None, partition: int | None, timestamp: float | None = None,
-                                    headers: list[tuple[str, bytes]] | None = None) -> None:
+                                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
     """Produce in the transaction of ``event``'s partition; ``PartitionLost`` when that
     transaction was closed by a rebalance (the partition is another worker's now, which applies
-    the input again from the committed offset)."""
+    the input again from the committed offset). Returns the record's delivery future."""
     tid = transactional_id(app, event)
     if tid is None:
-        await app.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=None)
-        return
+        return cast(asyncio.Future[Any],
+                    await app.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=None))
     # Straight to the partition's transactional producer: faust's ``Producer.send`` would take
     # its per-transaction lock for every record (4 % of the worker's CPU), which only orders sends
     # against faust's own commits, and those run under ``commit_lock`` between two inputs, never
@@ -98,8 +98,9 @@ async def send_in_input_transaction(app: faust.App, event: Any, topic: str, key:
     if producer is None:
         raise PartitionLost(tid)
     try:
-        await producer.send(topic, value, key=key, partition=partition,
-                            timestamp_ms=int(timestamp * 1000.0) if timestamp else None, headers=headers)
+        return cast(asyncio.Future[Any],
+                    await producer.send(topic, value, key=key, partition=partition,
+                                        timestamp_ms=int(timestamp * 1000.0) if timestamp else None, headers=headers))
     except KafkaError as exc:
         raise PartitionLost(tid) from exc
 

@@ -23,11 +23,10 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Iterator, MutableMapping
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from faust.streams import current_event
 
 from streams.faust_fixes import pending_changelog_writes
-from streams.input_guard import PartitionLost, set_current_event, transactional_id
+from streams.input_guard import PartitionLost, send_in_input_transaction, set_current_event, transactional_id
 
 log = logging.getLogger("paystream.tables")
 
@@ -83,13 +82,7 @@ def changelog_writer(app: Any, table: Any) -> TableWrite:
         topic, name = changelog
         key_bytes, _ = topic.prepare_key(key, table.key_serializer)
         value_bytes, _ = topic.prepare_value(value, table.value_serializer)
-        producer = app.producer._transaction_producers.get(tid)
-        if producer is None:
-            raise PartitionLost(tid)
-        try:
-            fut = await producer.send(name, value_bytes, key=key_bytes, partition=event.message.partition)
-        except KafkaError as exc:
-            raise PartitionLost(tid) from exc
+        fut = await send_in_input_transaction(app, event, name, key_bytes, value_bytes, event.message.partition)
         pending.track(fut)
         fut.add_done_callback(persist_on_commit)
         table.data[key] = value

@@ -111,7 +111,8 @@ class FakeProducer:
         self.futures: list[asyncio.Future[Any]] = []
         self.error = error
 
-    async def send(self, topic: str, value: bytes, *, key: bytes, partition: int) -> asyncio.Future[Any]:
+    async def send(self, topic: str, value: bytes, *, key: bytes, partition: int, timestamp_ms: int | None = None,
+                   headers: Any = None) -> asyncio.Future[Any]:
         if self.error is not None:
             raise self.error
         self.sent.append((topic, value, key, partition))
