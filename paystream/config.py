@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         description="how long the worker's producers wait to fill a batch: more records per produce request, "
         "far fewer socket writes; well below the commit interval, so it adds no visible latency under exactly_once",
     )
+    gc_young_threshold: int = Field(
+        20_000, ge=0, description="worker: allocations between two collections of the garbage collector's youngest "
+        "generation (CPython's default: 700; 0 keeps it). A payment's short-lived objects then die before a "
+        "collection instead of being promoted and walked again by the older generations: 12-14 % less CPU per "
+        "payment in the benchmark (docs/performance.md, Session 8)")
     gc_freeze_interval_s: float = Field(
         10.0, ge=0, description="worker: how often live objects (table values) are moved out of the garbage "
         "collector's generations, so its full collections do not walk the tables (0: never)")

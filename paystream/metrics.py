@@ -122,6 +122,16 @@ def install_gc_metrics() -> None:
         gc.callbacks.append(on_gc)
 
 
+def tune_gc(young_threshold: int) -> None:
+    """Collect the youngest generation every ``young_threshold`` allocations (0: CPython's
+    default stays). At the default 700 a worker collected generation 0 every ~30 ms at 580
+    payments/s, promoting a batch's live objects (commands, records, events in flight) to the
+    older generations, whose collections then walked them again."""
+    if young_threshold > 0:
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(young_threshold, older, oldest)
+
+
 async def tend_gc(freeze_every_s: float, full_every_s: float) -> None:
     """Keep the collector's passes off the tables: every ``freeze_every_s`` the objects alive
     now (overwhelmingly table values: plain JSON data, freed by reference counting when a

@@ -158,6 +158,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # fifth of the time while it held the GIL less than half of it. Throughput about doubled.
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     metrics.install_gc_metrics()
+    metrics.tune_gc(settings.gc_young_threshold)
     log.info("starting worker %s: web %s:%d, %d partitions, %s", settings.app_id, settings.web_host,
              settings.web_port, settings.partitions, settings.processing_guarantee)
     app.main()

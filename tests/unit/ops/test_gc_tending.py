@@ -47,3 +47,20 @@ def test_frozen_garbage_survives_collections_until_the_full_one() -> None:
     assert alive_after_collect  # the freeze kept the collector off it
     assert reclaimed  # the periodic full collection freed it
     assert fulls >= 1
+
+
+def test_the_young_generation_threshold_is_set_and_zero_keeps_cpython_s() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        metrics.tune_gc(0)
+        assert gc.get_threshold() == (700, 10, 10)
+        metrics.tune_gc(20_000)
+        assert gc.get_threshold() == (20_000, 10, 10)  # the older generations' thresholds kept
+        from paystream.config import Settings
+
+        assert Settings().gc_young_threshold == 20_000  # the worker's default (docs/performance.md)
+    finally:
+        gc.set_threshold(*before)
