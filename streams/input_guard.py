@@ -165,10 +165,23 @@ Handler = Callable[[Any], Awaitable[None]]
 #: deferred outputs must be dropped; returns those lost meanwhile: their inputs are left to the
 #: new owner.
 BatchEnd = Callable[[set[str | None]], Awaitable[set[str | None]]]
-#: Writes a partition's last applied offset (``"topic:partition"`` -> offset) for the input that
-#: applied it, in its transaction (``tables.batched.changelog_writer``); ``PartitionLost`` when
-#: that transaction was closed by a rebalance.
-OffsetWrite = Callable[[Any, str, int], Awaitable[None]]
+#: Writes ``value`` under ``key`` of a table for the input ``event`` (its partition, its
+#: transaction); ``PartitionLost`` when that transaction was closed by a rebalance. The default is
+#: faust's own write (``faust_writer``); ``tables.batched.changelog_writer`` sends the changelog
+#: record straight into the transaction.
+TableWrite = Callable[[Any, str, Any], Awaitable[None]]
+
+
+def faust_writer(table: Any) -> TableWrite:
+    """faust's own table write: the input as current event, then ``table[key] = value`` (the
+    changelog record goes through faust's send buffer and is delivered before the commit)."""
+
+    async def write(event: Any, key: str, value: Any) -> None:
+        if event is not None:
+            set_current_event(event)
+        table[key] = value
+
+    return write
 
 
 def current_assignment(app: faust.App) -> Collection[tuple[str, int]]:
@@ -252,11 +265,11 @@ class InputGuard:
 
     def __init__(self, app: faust.App, table: Any, topics: Collection[str], handle: Handler,
                  gaps: GapReader, *, commit_when_idle: bool = False, max_batch: int = 1,
-                 on_batch_end: BatchEnd | None = None, write: OffsetWrite | None = None) -> None:
+                 on_batch_end: BatchEnd | None = None, write: TableWrite | None = None) -> None:
         self.app, self.table, self.topics, self.handle, self.gaps = app, table, frozenset(topics), handle, gaps
         self.max_batch = max(1, max_batch)
         self.on_batch_end = on_batch_end
-        self.write = write  # how a batch records its applied offsets (None: faust's table write)
+        self.write = write if write is not None else faust_writer(table)  # how a batch records its offsets
         self.idle_committer = IdleCommitter(app) if commit_when_idle else None
         self.refused: dict[TP, list[Any]] = {}  # partition -> inputs faust dropped before they were applied
         self._refetching: set[asyncio.Future[None]] = set()
@@ -391,10 +404,6 @@ class InputGuard:
         for key, (event, offset) in writer.items():
             tid = transactional_id(self.app, event)
             if tid in lost:
-                continue
-            if self.write is None:
-                set_current_event(event)
-                self.table[key] = offset
                 continue
             try:
                 await self.write(event, key, offset)

@@ -20,32 +20,21 @@ into the input partition's transaction instead (see there).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterator, MutableMapping
 from typing import Any
 
 from faust.streams import current_event
 
 from streams.faust_fixes import pending_changelog_writes
-from streams.input_guard import PartitionLost, send_in_input_transaction, set_current_event, transactional_id
+from streams.input_guard import (
+    PartitionLost,
+    TableWrite,
+    faust_writer,
+    send_in_input_transaction,
+    transactional_id,
+)
 
 log = logging.getLogger("paystream.tables")
-
-#: Writes ``value`` under ``key`` for the input ``event`` (its partition, its transaction);
-#: ``PartitionLost`` when that transaction was closed by a rebalance.
-TableWrite = Callable[[Any, str, Any], Awaitable[None]]
-
-
-def faust_writer(table: MutableMapping[str, Any]) -> TableWrite:
-    """faust's own table write: the input as current event, then ``table[key] = value`` (the
-    changelog record goes through faust's send buffer and is delivered before the commit)."""
-
-    async def write(event: Any, key: str, value: Any) -> None:
-        if event is not None:
-            set_current_event(event)
-        table[key] = value
-
-    return write
-
 
 def changelog_writer(app: Any, table: Any) -> TableWrite:
     """A faust table's write with its changelog record sent straight into the transaction of
