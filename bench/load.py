@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Producer, TopicPartition
 
 from paystream.client import create_payment
 from paystream.config import Settings
@@ -151,6 +151,10 @@ class TerminalWatcher:
             tps.append(TopicPartition(topics.EVENTS, p, 0 if from_beginning else max(high, 0)))
         self.consumer.assign(tps)
         self.terminal_at: dict[str, float] = {}
+        # when the worker produced that event (its record's CreateTime, stamped by the worker's
+        # producer as the batch applied the input): splits a latency into "until applied" and
+        # "applied until visible" (the transaction's commit and this consumer's fetch)
+        self.terminal_produced_at: dict[str, float] = {}
         self.terminal_type: dict[str, str] = {}  # payment id -> its first terminal event's type
         self.terminal_by_phase: dict[str, int] = defaultdict(int)
         self.events_by_phase: dict[str, int] = defaultdict(int)
@@ -174,6 +178,9 @@ class TerminalWatcher:
                     ce_type = dict(msg.headers() or []).get("ce_type")
                     if ce_type in TERMINAL_CE_TYPES and pid not in self.terminal_at:
                         self.terminal_at[pid] = now
+                        ts_type, ts_ms = msg.timestamp()
+                        if ts_type == TIMESTAMP_CREATE_TIME:
+                            self.terminal_produced_at[pid] = ts_ms / 1000.0
                         self.terminal_type[pid] = ce_type.decode().rsplit(".", 1)[-1]
                         self.terminal_by_phase[phase] += 1
         finally:

@@ -275,15 +275,27 @@ class Bench:
             stored = pg_terminal_stored_at(conn, list(intended))
         pg_ms, pg_missing = latencies_from(intended, stored)
         t_sum, p_sum = summarize(terminal_ms), summarize(pg_ms)
+        # where a terminal event's time went: until the worker applied the command (fetch, queue,
+        # batch) and from then until a read_committed consumer saw it (commit wait, commit, fetch)
+        applied_ms, _ = latencies_from(intended, watcher.terminal_produced_at)
+        visible_ms = [(watcher.terminal_at[k] - t) * 1000.0 for k, t in watcher.terminal_produced_at.items()
+                      if k in intended and k in watcher.terminal_at]
+        a_sum, v_sum = summarize(applied_ms), summarize(visible_ms)
         row = {
             "name": label, "rate_per_s": rate_per_s, "fraction_of_max": fraction, "sent": count,
             "unanswered": missing, "missing_rows": pg_missing,
-            "terminal": t_sum.to_json() if t_sum else None, "postgres": p_sum.to_json() if p_sum else None, **extra,
+            "terminal": t_sum.to_json() if t_sum else None, "postgres": p_sum.to_json() if p_sum else None,
+            "to_applied": a_sum.to_json() if a_sum else None, "applied_to_visible": v_sum.to_json() if v_sum else None,
+            **extra,
         }
         if t_sum:
             pct = t_sum.percentiles_ms
             self.say(f"{label}: {count} at {rate_per_s:g}/s → terminal p50 {pct['p50']} ms, p99 {pct['p99']} ms"
-                     + (f"; Postgres p50 {p_sum.percentiles_ms['p50']} ms" if p_sum else ""))
+                     + (f"; Postgres p50 {p_sum.percentiles_ms['p50']} ms" if p_sum else "")
+                     + (f"; to applied p50/p99 {a_sum.percentiles_ms['p50']}/{a_sum.percentiles_ms['p99']} ms"
+                        if a_sum else "")
+                     + (f", then visible p50/p99 {v_sum.percentiles_ms['p50']}/{v_sum.percentiles_ms['p99']} ms"
+                        if v_sum else ""))
         return row
 
     # -------------------------------------------------------------- scenarios

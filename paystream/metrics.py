@@ -48,6 +48,15 @@ INPUT_BATCH = Histogram(
     "paystream_input_batch_messages", "Inputs the payments agent applied as one batch (between two commits)",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
+BATCH_SECONDS = Histogram(
+    "paystream_input_batch_seconds",
+    "The payments agent's batches, by phase: age (the batch's oldest input, from its record timestamp to "
+    "the start of its application: fetch, queue and the wait for the previous batch or commit), fetch (the "
+    "same for an input the agent was idle waiting for: producer, broker and consumer alone), lock "
+    "(waiting for a commit in progress), apply (applying the batch, its outputs sent)",
+    ["phase"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 20),
+)
 GATEWAY_INLINE = Counter(
     "paystream_gateway_inline_calls_total",
     "Gateway calls of the payments agent's batches: made inline and applied in the batch's transaction "

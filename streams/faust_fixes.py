@@ -144,6 +144,34 @@ async def wait_for_changelog_writes(app: Any, timeout: float = CHANGELOG_DELIVER
                            "refusing to commit a transaction without them") from None
 
 
+def send_open_batches_now(app: Any) -> int:
+    """Close the open record batches of every transactional producer and wake their senders, so
+    what an input sent goes to the broker now instead of after the producers' linger.
+
+    A commit waits for the batch's table writes to be acknowledged, and they are sent last: with
+    ``producer_linger_ms`` (5 ms) each commit waited out a linger first, with every input waiting
+    behind the commit lock (6.4 ms per commit at 10 payments/s, most of it that linger). aiokafka
+    does the same itself when it ends a transaction (``flush_for_commit``); nothing more is added
+    to these transactions before they end (the commit runs between two inputs). A record sent to
+    a closed batch's partition meanwhile waits for it to be drained, as with a full batch.
+    Returns how many batches were closed."""
+    closed = 0
+    for producer in list(getattr(getattr(app, "producer", None), "_transaction_producers", {}).values()):
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is None:
+            continue
+        here = 0
+        for batches in accumulator._batches.values():
+            for batch in batches:
+                if not batch._builder.closed():
+                    batch._builder.close()
+                    here += 1
+        if here and not accumulator._waiter_future.done():
+            accumulator._waiter_future.set_result(None)
+        closed += here
+    return closed
+
+
 async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
                                          start_new_transaction: bool = True) -> bool:
     """Commit a transaction only between two inputs, with their table writes inside it."""
@@ -165,6 +193,7 @@ async def _commit_offsets_between_inputs(self: Any, offsets: Mapping[TP, int],
             raise RuntimeError("an input was interrupted half-way: refusing to commit; the worker must restart "
                                "from its last commit")
         with metrics.COMMIT_SECONDS.labels("changelog").time():
+            send_open_batches_now(self.app)
             await wait_for_changelog_writes(self.app)
         with metrics.COMMIT_SECONDS.labels("transactions").time():
             return await _original_commit_offsets(self, offsets, start_new_transaction)

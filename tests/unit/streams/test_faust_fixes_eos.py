@@ -326,3 +326,37 @@ def test_recovery_does_not_roll_back_a_partition_kept_through_a_rebalance(monkey
         assert await start_offsets(11, {kept, fresh}, set()) == {kept: 100, fresh: 100}
 
     asyncio.run(scenario())
+
+
+def test_a_commit_sends_the_lingering_batches_of_the_transactional_producers_at_once() -> None:
+    """Against aiokafka's own accumulator (the pinned version's internals): a record appended
+    with a long linger is ready for the sender only once ``send_open_batches_now`` closed its
+    batch, and the sender is woken; a producer with nothing open is left alone."""
+
+    async def scenario() -> None:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.structs import TopicPartition
+
+        busy = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=60_000)
+        idle = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=60_000)
+        try:
+            acc = busy._message_accumulator
+            tp = TopicPartition("app-payments-changelog", 2)
+            await acc.add_message(tp, b"k", b"v", timeout=1)
+            batch = acc._batches[tp][0]
+            assert batch.remaining_linger() is not None  # would wait out the linger
+            # the sender, having found only lingering batches, waits on a fresh future
+            acc._waiter_future = asyncio.get_running_loop().create_future()
+            idle_waiter = idle._message_accumulator._waiter_future = asyncio.get_running_loop().create_future()
+            app = SimpleNamespace(producer=SimpleNamespace(_transaction_producers={"t-0": busy, "t-1": idle}))
+
+            assert faust_fixes.send_open_batches_now(app) == 1
+            assert batch.remaining_linger() is None  # ready for the sender now
+            assert acc._waiter_future.done()  # and the sender is woken
+            assert not idle_waiter.done()
+            assert faust_fixes.send_open_batches_now(app) == 0  # already closed: nothing to do
+        finally:
+            for producer in (busy, idle):
+                producer._message_accumulator._closed = True
+
+    asyncio.run(scenario())
