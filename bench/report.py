@@ -123,7 +123,14 @@ THROUGHPUT_HEADER = ["run", "guarantee", "gateway", "payments", "/s to event", "
 TEXTBOOK_TARGET = 2.0  # issue #10: at least twice the textbook faust agent
 
 LATENCY_HEADER = ["run", "rate /s", *[f"event {p}" for p in PCT_LABELS], *[f"row {p}" for p in PCT_LABELS],
-                  "unanswered"]
+                  "unanswered", "until applied p50 / p99", "applied → visible p50 / p99"]
+
+
+def _halves(summary: Mapping[str, Any] | None) -> str:
+    """p50 / p99 of one half of an event's latency (``bench.run``: the worker's CreateTime splits it)."""
+    if not summary:
+        return "–"
+    return f"{fmt_num(_pct(summary, 'p50'), 1)} / {fmt_num(_pct(summary, 'p99'), 1)}"
 
 
 def latency_rows(data: Mapping[str, Any]) -> list[list[str]]:
@@ -131,7 +138,8 @@ def latency_rows(data: Mapping[str, Any]) -> list[list[str]]:
     for r in data.get("latency", []):
         t, p = r.get("terminal"), r.get("postgres")
         rows.append([r["name"], fmt_num(r["rate_per_s"], 1), *[fmt_num(_pct(t, lab), 1) for lab in PCT_LABELS],
-                     *[fmt_num(_pct(p, lab), 1) for lab in PCT_LABELS], str(r.get("unanswered", 0))])
+                     *[fmt_num(_pct(p, lab), 1) for lab in PCT_LABELS], str(r.get("unanswered", 0)),
+                     _halves(r.get("to_applied")), _halves(r.get("applied_to_visible"))])
     return rows
 
 

@@ -51,7 +51,10 @@ def sample() -> dict[str, Any]:
         ],
         "latency": [{"name": "exactly_once @ 50% of eos max", "rate_per_s": 100.0, "unanswered": 0,
                      "terminal": {"count": 500, "mean_ms": 20.0, "max_ms": 130.0, "percentiles_ms": pct},
-                     "postgres": None}],
+                     "postgres": None,
+                     "to_applied": {"count": 500, "mean_ms": 9.0, "max_ms": 60.0,
+                                    "percentiles_ms": {"p50": 7.25, "p99": 50.0}},
+                     "applied_to_visible": None}],
         "recovery": [{"name": "memory store, empty local state", "payments": 10000, "seconds_to_ready": 8.25,
                       "seconds_to_first_answer": 9.5}],
         "sink": [{"rows": 4000, "per_s": 3000.0, "per_s_from_start": 1500.0}],
@@ -128,6 +131,7 @@ def test_table_rows_carry_the_figures() -> None:
     lat = latency_rows(data)[0]
     assert lat[:6] == ["exactly_once @ 50% of eos max", "100.0", "12.5", "40.0", "80.0", "120.0"]
     assert lat[6:10] == ["–"] * 4  # no Postgres latencies in this sample
+    assert lat[10:] == ["0", "7.2 / 50.0", "–"]  # the event's first half; its second one missing
     other = dict(other_rows(data))
     assert other["restart, 10,000 payments in the table, memory store, empty local state"] == (
         "8.2 s to /ready, 9.5 s to the first answer")

@@ -1,0 +1,39 @@
+"""bench.rates: the per-rate line built from two scrapes of the worker's metrics."""
+
+from __future__ import annotations
+
+from bench.rates import METRIC_LINE, phase_line
+
+
+def test_the_batch_and_commit_phases_are_averaged_over_the_run_only() -> None:
+    before = {
+        "paystream_input_batch_messages_count": 100.0, "paystream_input_batch_messages_sum": 400.0,
+        'paystream_input_batch_seconds_count{phase="apply"}': 100.0,
+        'paystream_input_batch_seconds_sum{phase="apply"}': 1.0,
+        'paystream_commit_seconds_count{phase="transactions"}': 10.0,
+        'paystream_commit_seconds_sum{phase="transactions"}': 0.5,
+        'paystream_commit_seconds_sum{phase="changelog"}': 0.2,
+    }
+    after = {
+        "paystream_input_batch_messages_count": 150.0, "paystream_input_batch_messages_sum": 900.0,
+        'paystream_input_batch_seconds_count{phase="apply"}': 150.0,
+        'paystream_input_batch_seconds_sum{phase="apply"}': 1.5,  # 50 batches, 0.5 s: 10 ms each
+        'paystream_commit_seconds_count{phase="transactions"}': 30.0,
+        'paystream_commit_seconds_sum{phase="transactions"}': 0.7,  # 20 commits, 0.2 s: 10 ms each
+        'paystream_commit_seconds_sum{phase="changelog"}': 0.3,  # 5 ms each
+    }
+    line = phase_line(before, after)
+    assert line.startswith("20 commits; 50 batches of 10.0")
+    assert "apply 10.0 ms (×50)" in line
+    assert "commit transactions 10.0 ms" in line and "commit changelog 5.0 ms" in line
+    assert "age 0.0 ms (×0)" in line  # a phase with no sample in the run says so, never divides by zero
+
+
+def test_metric_lines_with_and_without_labels_are_read() -> None:
+    m = METRIC_LINE.match('paystream_input_batch_seconds_sum{phase="age"} 1.25')
+    assert m is not None and (m.group(1), m.group(2), m.group(3)) == (
+        "paystream_input_batch_seconds_sum", '{phase="age"}', "1.25")
+    m = METRIC_LINE.match("paystream_input_batch_messages_count 7.0")
+    assert m is not None and m.group(2) is None and m.group(3) == "7.0"
+    assert METRIC_LINE.match("process_cpu_seconds_total 3.0") is None
+
