@@ -79,3 +79,18 @@ def test_audit_records_encode_as_the_scrubbing_path_does(actor: str, resource: s
     encoded = encode_record(record)
     assert encoded == _encode_scrubbed(record)
     assert scan(json.loads(encoded), integers=False) == []  # whichever path: no card data left
+
+
+def test_a_card_number_inside_a_longer_run_of_digits_and_separators_is_still_found() -> None:
+    """The pre-check scans for runs of digits, spaces and dashes first and searches each run for
+    a candidate; a card number that does not start the run (after a short group, after
+    separators) or that is split by a double separator must get the same answer as the walk."""
+    cases = ["ref 12 -4242424242424242 ok", "- 4242 4242 4242 4242", "7-7 4111-1111-1111-1111",
+             "4242  4242 4242 4242", "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6", "99 99 4242424242424242-",
+             "000000000000", "2026-11-27 12:00 4242424242424242"]
+    for text in cases:
+        record = {"note": text, "id": "a1"}
+        walked = _walk_scan(record, True)
+        assert plainly_clean(record) is (walked == []), text
+    assert not plainly_clean({"note": "ref 12 -4242424242424242 ok"})  # found past a short leading group
+    assert plainly_clean({"note": "000000000000"})  # twelve digits: no run long enough
