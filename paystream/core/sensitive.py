@@ -48,7 +48,7 @@ _PAN_CANDIDATE: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12}")  # ASCII digits: 
 # one such run (the run found from the first digit of a stretch of those characters extends to
 # its end). Three times cheaper to scan for than _PAN_CANDIDATE itself, whose optional
 # separators the regex engine tries at every digit; the runs are then searched exactly.
-_DIGIT_RUN: Final = re.compile(r"[0-9][0-9 -]{12,}")
+_CANDIDATE_RUN: Final = re.compile(r"[0-9][0-9 -]{12,}")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX_ID: Final = re.compile(r"[0-9a-fA-F]{20,}")
 _MIN_HEX_ID: Final = 20
@@ -263,7 +263,7 @@ def plainly_clean(obj: object, *, integers: bool = True, max_text: int | None = 
                 return False  # bytes, sets, dataclasses, other numbers: the walk decides
     joined = "\0".join(parts)
     checked_to = -1  # the texts holding a candidate run are checked as the walk would: find_pan
-    for run in _DIGIT_RUN.finditer(joined):
+    for run in _CANDIDATE_RUN.finditer(joined):
         if run.start() < checked_to:
             continue  # a second run in a text already checked
         if _PAN_CANDIDATE.search(joined, run.start(), run.end()) is None:
