@@ -28,7 +28,7 @@ from typing import Any
 import faust
 
 from agents import fraud as af
-from agents.gateway import GatewayExecutor, execute, executor_options, reply_input
+from agents.gateway import GatewayExecutor, execute, executor_options, reply_bytes, reply_input
 from agents.methods import MethodDirectory
 from agents.processor import (
     Output,
@@ -314,7 +314,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             value = w.codecs[topics.EVENTS].encode(evs.to_avro(ev))
             await send(event, topics.EVENTS, ev.payment_id.encode(), value, partition, cloudevent_headers(ev))
             name = evs.event_type(ev.body)
-            metrics.EVENTS.labels(name).inc()
+            metrics.child(metrics.EVENTS, name).inc()
             if ev.status and name in ("PaymentSucceeded", "PaymentFailed", "PaymentCanceled", "PaymentAuthorized"):
                 metrics.payment_reached(ev.status, ev.body)
             await audit_batches.add(event, event_audit_record(ev, actor, origin, method_key))
@@ -423,7 +423,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             metrics.COMMANDS.labels(kind, "queued").inc()
         else:
             rejected = any(isinstance(e.body, evs.CommandRejected) for e in out.events)
-            metrics.COMMANDS.labels(kind, "rejected" if rejected else "accepted").inc()
+            metrics.child(metrics.COMMANDS, kind, "rejected" if rejected else "accepted").inc()
         await publish(event, out, actor=redact(command.origin), method_key=kind.endswith("PaymentMethod"))
 
     async def on_reply(event: Event) -> None:
@@ -552,8 +552,8 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                         await send(event, calls_topic_name, call.payment_id.encode(), codec.encode(call), partition)
                         continue
                     reply["meta"]["applied"] = INLINE
-                    metrics.GATEWAY_INLINE.labels("applied").inc()
-                    await send(event, outcomes_topic_name, call.payment_id.encode(), json.dumps(reply).encode(),
+                    metrics.child(metrics.GATEWAY_INLINE, "applied").inc()
+                    await send(event, outcomes_topic_name, call.payment_id.encode(), reply_bytes(reply),
                                partition)
                     note_ignored("reply", call.payment_id, out)
                     await publish(event, out)  # its calls join the next round
