@@ -13,7 +13,7 @@ import string
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,18 @@ class TerminalWatcher:
                         self.terminal_by_phase[phase] += 1
         finally:
             self.consumer.close()
+
+    def halves(self, sent_at: Mapping[str, float]) -> tuple[list[float], list[float]]:
+        """The two halves (ms) of the latencies of the payments in ``sent_at`` (send times, s):
+        from sending to the worker producing the terminal event (its CreateTime), and from there
+        to this consumer seeing it."""
+        applied, visible = [], []
+        for pid, sent in sent_at.items():
+            produced, seen = self.terminal_produced_at.get(pid), self.terminal_at.get(pid)
+            if produced is not None and seen is not None:
+                applied.append((produced - sent) * 1000.0)
+                visible.append((seen - produced) * 1000.0)
+        return applied, visible
 
     def wait_for(self, phase: str, count: int, timeout: float, tick: Callable[[int], None] | None = None,
                  alive: Callable[[], bool] | None = None) -> bool:

@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             watcher.wait_for(f"rate{i}", len(intended), 60 + args.seconds, alive=worker.alive)
             m1 = worker_metrics(port)
             event_ms, missing = latencies_from(intended, watcher.terminal_at)
-            applied_ms, _ = latencies_from(intended, watcher.terminal_produced_at)
-            visible_ms = [(watcher.terminal_at[k] - t) * 1000.0 for k, t in watcher.terminal_produced_at.items()
-                          if k in intended and k in watcher.terminal_at]
+            applied_ms, visible_ms = watcher.halves(intended)
             print(f"{rate:g} | {pct(summarize(event_ms))} | {pct(summarize(applied_ms))} | "
                   f"{pct(summarize(visible_ms))} | {phase_line(m0, m1)}"
                   + (f" | {missing} unanswered" if missing else ""))

@@ -277,9 +277,7 @@ class Bench:
         t_sum, p_sum = summarize(terminal_ms), summarize(pg_ms)
         # where a terminal event's time went: until the worker applied the command (fetch, queue,
         # batch) and from then until a read_committed consumer saw it (commit wait, commit, fetch)
-        applied_ms, _ = latencies_from(intended, watcher.terminal_produced_at)
-        visible_ms = [(watcher.terminal_at[k] - t) * 1000.0 for k, t in watcher.terminal_produced_at.items()
-                      if k in intended and k in watcher.terminal_at]
+        applied_ms, visible_ms = watcher.halves(intended)
         a_sum, v_sum = summarize(applied_ms), summarize(visible_ms)
         row = {
             "name": label, "rate_per_s": rate_per_s, "fraction_of_max": fraction, "sent": count,

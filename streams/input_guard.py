@@ -368,7 +368,8 @@ class InputGuard:
                 batch = [await events.__anext__()]
                 if time.monotonic() - t_wait > 0.001 and batch[0].message.timestamp:
                     # the agent was idle, waiting for this input: its age is the transport's latency
-                    metrics.BATCH_SECONDS.labels("fetch").observe(max(0.0, time.time() - batch[0].message.timestamp))
+                    metrics.child(metrics.BATCH_SECONDS, "fetch").observe(
+                        max(0.0, time.time() - batch[0].message.timestamp))
                 while len(batch) < self.max_batch and not input_queue_empty(stream):
                     batch.append(await events.__anext__())
             except StopAsyncIteration:
@@ -378,16 +379,16 @@ class InputGuard:
             async with commit_lock(self.app):
                 t_locked = time.monotonic()
                 oldest = min((e.message.timestamp for e in batch if e.message.timestamp), default=None)
+                if oldest is not None:
+                    metrics.child(metrics.BATCH_SECONDS, "age").observe(max(0.0, time.time() - oldest))
                 faust_fixes.begin_input(self.app)  # left open if the batch stops half-way: see faust_fixes
                 await self.apply_batch(batch)
                 for event in batch:
                     await stream.ack(event)
                 faust_fixes.end_input(self.app)
             t_done = time.monotonic()
-            if oldest is not None:
-                metrics.BATCH_SECONDS.labels("age").observe(max(0.0, time.time() - (t_done - t_locked) - oldest))
-            metrics.BATCH_SECONDS.labels("lock").observe(t_locked - t_asked)
-            metrics.BATCH_SECONDS.labels("apply").observe(t_done - t_locked)
+            metrics.child(metrics.BATCH_SECONDS, "lock").observe(t_locked - t_asked)
+            metrics.child(metrics.BATCH_SECONDS, "apply").observe(t_done - t_locked)
             if self.idle_committer is not None and self.app.in_transaction and input_queue_empty(stream):
                 self.idle_committer.poke()
 

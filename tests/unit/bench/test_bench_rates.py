@@ -37,3 +37,14 @@ def test_metric_lines_with_and_without_labels_are_read() -> None:
     assert m is not None and m.group(2) is None and m.group(3) == "7.0"
     assert METRIC_LINE.match("process_cpu_seconds_total 3.0") is None
 
+
+
+def test_a_latency_is_split_at_the_events_create_time() -> None:
+    from bench.load import TerminalWatcher
+
+    watcher = TerminalWatcher.__new__(TerminalWatcher)  # no Kafka: only the recorded times
+    watcher.terminal_at = {"a": 10.250, "b": 11.0, "c": 12.0}
+    watcher.terminal_produced_at = {"a": 10.100, "c": 11.5}  # b's event carried no CreateTime
+    applied, visible = watcher.halves({"a": 10.0, "b": 10.5, "c": 11.0, "d": 11.2})  # d never answered
+    assert [round(x, 3) for x in applied] == [100.0, 500.0]
+    assert [round(x, 3) for x in visible] == [150.0, 500.0]
