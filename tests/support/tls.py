@@ -172,6 +172,17 @@ PLAIN_USER, PLAIN_PASSWORD = "paystream", "plain-secret-1"
 SCRAM_USER, SCRAM_PASSWORD = "paystream-scram", "scram-secret-2"
 
 
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id that kafka-storage's argument parser takes: one in 64 base64
+    ids starts with "-", which it reads as an option ("argument --cluster-id/-t: expected one
+    argument": a fresh-clone CI run lost the SASL broker's tests to it). Kafka's own
+    ``random-uuid`` skips those ids too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class SaslKafka:
     """A throwaway single-node KRaft broker whose client listener is SASL_SSL only."""
 
@@ -220,7 +231,7 @@ class SaslKafka:
             "share.coordinator.state.topic.min.isr=1", "min.insync.replicas=1", "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true", "",
         ]))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
                                   str(props), "--add-scram",
                                   f"SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"),
