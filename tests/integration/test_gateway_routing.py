@@ -41,13 +41,16 @@ def circuit_state(worker: Any, gateway: str) -> float | None:
 
 
 def terminal(collector: Any, pid: str, cmd: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
-    def done(c: Any) -> bool:
-        return any(e["causation_command_id"] == cmd["command_id"] and e["_type"] in
-                   ("PaymentSucceeded", "PaymentFailed", "PaymentOutcomeUnknown", "CommandRejected")
-                   for e in c.by_payment[pid])
-    assert collector.wait(done, timeout), [e["_type"] for e in collector.by_payment[pid]]
+    """The command's terminal event, once it arrived: that event itself, not the payment's last
+    one (a later event, an orphan charge's detection say, may already be in by then)."""
+    def ends(e: dict[str, Any]) -> bool:
+        return e["causation_command_id"] == cmd["command_id"] and e["_type"] in (
+            "PaymentSucceeded", "PaymentFailed", "PaymentOutcomeUnknown", "CommandRejected")
+
+    assert collector.wait(lambda c: any(ends(e) for e in c.by_payment[pid]), timeout), \
+        [e["_type"] for e in collector.by_payment[pid]]
     check_sequences(collector.by_payment[pid])
-    return collector.by_payment[pid][-1]
+    return next(e for e in collector.by_payment[pid] if ends(e))
 
 
 def transactions(dsn: str, pid: str) -> list[tuple[Any, ...]]:
