@@ -254,10 +254,15 @@ class GatewayLimits:
     from 0, each try counted at most ``LATENCY_SAMPLE_CAP_S``), so the payments agent makes calls
     inline only to gateways that answer fast. The cap keeps one slow call (a cold first
     connection, one payment's 2 s answer) from marking a fast gateway slow: it takes a few slow
-    tries in a row."""
+    tries in a row.
 
-    def __init__(self, per_gateway: int, alpha: float = 0.1) -> None:
+    ``caps`` lowers the limit for single gateways: a client states how many calls it serves at
+    once as ``max_concurrency`` (the httpx-based ones: their pool of 100 connections), so one
+    setting can let 256 calls fly to the simulated gateway without queueing inside httpx."""
+
+    def __init__(self, per_gateway: int, alpha: float = 0.1, caps: Mapping[str, int] | None = None) -> None:
         self.per_gateway = per_gateway
+        self.caps = dict(caps or {})
         self.alpha = alpha
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._latency_s: dict[str, float] = {}
@@ -273,8 +278,22 @@ class GatewayLimits:
     def slot(self, gateway: str) -> asyncio.Semaphore:
         sem = self._slots.get(gateway)
         if sem is None:
-            sem = self._slots[gateway] = asyncio.Semaphore(self.per_gateway)
+            sem = self._slots[gateway] = asyncio.Semaphore(self.limit(gateway))
         return sem
+
+    def limit(self, gateway: str) -> int:
+        """Calls in flight to ``gateway`` at most."""
+        return max(1, min(self.per_gateway, self.caps.get(gateway, self.per_gateway)))
+
+
+def concurrency_caps(gateways: Mapping[str, PaymentGateway]) -> dict[str, int]:
+    """Each client's own ``max_concurrency`` (calls it serves at once), where it states one."""
+    caps: dict[str, int] = {}
+    for name, gw in gateways.items():
+        cap = getattr(gw, "max_concurrency", None)
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            caps[name] = cap
+    return caps
 
 _STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -331,8 +350,9 @@ _ERROR_CODES: dict[type[BaseException], str] = {
 }
 
 
-def executor_options(settings: Settings) -> dict[str, Any]:
-    """The executor's retry, breaker and switched-off settings, as keyword arguments of ``GatewayExecutor``."""
+def executor_options(settings: Settings, gateways: Mapping[str, PaymentGateway] | None = None) -> dict[str, Any]:
+    """The executor's retry, breaker and switched-off settings, as keyword arguments of
+    ``GatewayExecutor``; the in-flight limits follow ``gateways``' own caps."""
     breakers = None
     if settings.gateway_breaker_enabled:
         breakers = Breakers(BreakerConfig(
@@ -344,7 +364,7 @@ def executor_options(settings: Settings) -> dict[str, Any]:
                              cap_s=settings.gateway_retry_cap_s),
         "breakers": breakers,
         "disabled": settings.disabled_gateways(),
-        "limits": GatewayLimits(settings.gateway_max_in_flight),
+        "limits": GatewayLimits(settings.gateway_max_in_flight, caps=concurrency_caps(gateways or {})),
     }
 
 

@@ -480,7 +480,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             log.exception("processing %s failed", event.message.topic)
             await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
 
-    gateway_options = executor_options(s)
+    gateway_options = executor_options(s, w.gateways)
     outcomes_topic_name = topics.gateway_outcomes(s.app_id)
     # Gateway calls decided by the inputs of the batch in hand (None: calls go to the executor).
     inline_calls: list[tuple[Any, Any]] | None = [] if s.gateway_inline else None

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 __all__ = [
     "ChargeNotFoundError",
@@ -172,6 +172,12 @@ def idempotency_key(payment_id: str, operation: str, attempt: int) -> str:
     if len(key) > _MAX_KEY_LENGTH:
         raise ValueError(f"idempotency key longer than {_MAX_KEY_LENGTH} characters")
     return key
+
+
+HTTPX_POOL_CONNECTIONS: Final = 100  # httpx's default connection pool (max_connections)
+"""Calls in flight to one gateway that an httpx-based client (Stripe, PayPal, Adyen) serves
+without queueing inside httpx's pool, whose queue costs CPU quadratic in its length. A client
+states its own figure as ``max_concurrency``; the worker keeps at most that many calls in flight."""
 
 
 @runtime_checkable

@@ -51,7 +51,7 @@ def build_gateways(
                 webhook_secrets=_list(get("simgw_webhook_secrets")),
                 # as many connections as calls the worker lets fly to one gateway: a call waiting
                 # for a free connection would count its wait against the connect timeout
-                max_connections=int(get("gateway_max_in_flight") or 128),
+                max_connections=int(get("gateway_max_in_flight") or 256),
             ),
         ),
         "stripe": (

@@ -137,12 +137,12 @@ class Settings(BaseSettings):
     gateway_timeout_s: float = Field(10.0, description="after this a gateway call's outcome is unknown")
     gateway_batch_size: int = Field(256, description="gateway calls carried out concurrently per batch")
     gateway_max_in_flight: int = Field(
-        128, ge=1, description="requests in flight to one gateway from one worker (inline calls and the executor "
-        "together); the rest wait their turn in the worker. At 200 ms gateway latency it bounds one worker to "
-        "128 / 0.2 s = 640 calls/s (64 gave 263-291 payments/s in the benchmark, 128 389-433/s, 256 373-414/s). "
-        "The simulated gateway's aiohttp pool holds 128 connections; the httpx pools of the Stripe, PayPal and "
-        "Adyen clients hold 100, and a long queue inside httpx's pool costs quadratic CPU (a 32 s event-loop "
-        "stall at 50 ms latency in session 5): keep it near 100 for them")
+        256, ge=1, description="requests in flight to one gateway from one worker (inline calls and the executor "
+        "together), at most what its client serves at once (the httpx pools of the Stripe, PayPal and Adyen "
+        "clients: 100; a long queue inside httpx's pool costs quadratic CPU); the rest wait their turn in the "
+        "worker. The simulated gateway's aiohttp pool holds this many connections. At 200 ms gateway latency it "
+        "bounds one worker to 256 / 0.2 s = 1,280 calls/s (128: 640/s, and 525-578 payments/s in the benchmark "
+        "against 692-717/s with 256)")
     gateway_inline: bool = Field(
         True, description="the payments agent carries out the gateway calls its inputs decide in the same batch "
         "and transaction (concurrently, idempotency keys make a repeat safe); a call not answered within "

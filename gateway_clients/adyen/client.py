@@ -33,6 +33,7 @@ from gateway_clients.adyen.translator import (
 )
 from gateway_clients.adyen.webhooks import parse_verified_webhook
 from gateway_clients.protocol import (
+    HTTPX_POOL_CONNECTIONS,
     GatewayNotification,
     GatewayResult,
     InvalidWebhookError,
@@ -58,6 +59,8 @@ def adyen_idempotency_key(key: str) -> str:
 
 class AdyenGatewayClient(ClosingClient):
     """``PaymentGateway`` over Adyen Checkout v71."""
+
+    max_concurrency: int = HTTPX_POOL_CONNECTIONS  # calls in flight to it: httpx's pool
 
     def __init__(
         self,

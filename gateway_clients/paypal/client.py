@@ -40,6 +40,7 @@ from gateway_clients.paypal.translator import (
 )
 from gateway_clients.paypal.webhooks import CertFetcher, PayPalWebhookVerifier, fetch_cert_over_https
 from gateway_clients.protocol import (
+    HTTPX_POOL_CONNECTIONS,
     GatewayError,
     GatewayNotification,
     GatewayResult,
@@ -72,6 +73,8 @@ def request_id(key: str, step: str | None = None) -> str:
 
 class PayPalGatewayClient(ClosingClient):
     """``PaymentGateway`` over PayPal Orders v2."""
+
+    max_concurrency: int = HTTPX_POOL_CONNECTIONS  # calls in flight to it: httpx's pool
 
     def __init__(
         self,

@@ -75,13 +75,14 @@ class SimulatedGatewayClient(ClosingClient):
         base_url: str,
         *,
         timeout_s: float = 10.0,
-        max_connections: int = 128,
+        max_connections: int = 256,
         webhook_secrets: Sequence[str] = (),
         webhook_tolerance_s: int = DEFAULT_TOLERANCE_S,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
         self._max_connections = max_connections
+        self.max_concurrency = max_connections  # calls in flight to it: one per pooled connection
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._webhook_secrets = tuple(webhook_secrets)

@@ -25,6 +25,7 @@ import stripe
 
 from gateway_clients._guards import ClosingClient, check_amount, check_key, path_segment
 from gateway_clients.protocol import (
+    HTTPX_POOL_CONNECTIONS,
     ChargeNotFoundError,
     GatewayError,
     GatewayNotification,
@@ -62,6 +63,8 @@ class TransportHTTPXClient(stripe.HTTPXClient):
 
 class StripeGatewayClient(ClosingClient):
     """``PaymentGateway`` over Stripe PaymentIntents and Refunds."""
+
+    max_concurrency: int = HTTPX_POOL_CONNECTIONS  # calls in flight to it: httpx's pool
 
     def __init__(
         self,

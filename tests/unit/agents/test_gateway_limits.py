@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agents.gateway import GatewayLimits, execute
+from agents.gateway import GatewayLimits, concurrency_caps, execute
 from gateway_clients.protocol import GatewayResult, GatewayStatus
 from paystream.core.machine import CallGateway, GatewayOperation
 
@@ -81,3 +81,37 @@ def test_typical_latency_follows_the_gateways_answers() -> None:
         limits.observe("a", 0.2)  # slow answers in a row: it becomes slow
     assert limits.typical_latency_s("a") > 0.09
     assert limits.typical_latency_s("b") == 0.0
+
+
+def test_a_gateway_client_lowers_its_own_limit() -> None:
+    # The httpx-based clients serve 100 calls at once (their pool); one setting lets more fly to
+    # the simulated gateway without making the others queue inside httpx.
+    a, b = CountingGateway(), CountingGateway()
+    b.max_concurrency = 2  # type: ignore[attr-defined]
+    gateways = {"a": a, "b": b}
+    limits = GatewayLimits(5, caps=concurrency_caps(gateways))
+    assert (limits.limit("a"), limits.limit("b")) == (5, 2)
+    assert GatewayLimits(1, caps={"b": 2}).limit("b") == 1  # the setting still bounds it
+
+    async def run() -> None:
+        await asyncio.gather(*(execute(gateways, call(n, "a"), 5, limits=limits) for n in range(12)),
+                             *(execute(gateways, call(n, "b"), 5, limits=limits) for n in range(12, 24)))
+
+    asyncio.run(run())
+    assert (a.peak, b.peak) == (5, 2)
+    assert (a.calls, b.calls) == (12, 12)
+
+
+def test_every_http_client_states_what_it_serves_at_once() -> None:
+    from gateway_clients.adyen import AdyenGatewayClient
+    from gateway_clients.paypal import PayPalGatewayClient
+    from gateway_clients.protocol import HTTPX_POOL_CONNECTIONS
+    from gateway_clients.stripe import StripeGatewayClient
+
+    built = {
+        "stripe": StripeGatewayClient("sk_test_x"),
+        "paypal": PayPalGatewayClient("id", "secret"),
+        "adyen": AdyenGatewayClient("key", "merchant"),
+    }
+    assert concurrency_caps(built) == dict.fromkeys(built, HTTPX_POOL_CONNECTIONS)
+    assert concurrency_caps({"odd": object(), "zero": type("Z", (), {"max_concurrency": 0})()}) == {}  # type: ignore[dict-item]

@@ -73,6 +73,7 @@ def test_the_simulated_client_pools_as_many_connections_as_calls_may_fly() -> No
                           names=["simulated"])["simulated"]
     default = build_gateways({"simgw_url": "http://127.0.0.1:18090"}, names=["simulated"])["simulated"]
     assert isinstance(wide, SimulatedGatewayClient) and isinstance(default, SimulatedGatewayClient)
-    assert (wide._max_connections, default._max_connections) == (512, 128)
+    assert (wide._max_connections, default._max_connections) == (512, 256)
+    assert (wide.max_concurrency, default.max_concurrency) == (512, 256)
     with pytest.raises(TypeError):
         build_gateways({"simgw_url": "http://127.0.0.1:18090", "gateway_max_in_flight": 1.5}, names=["simulated"])
