@@ -17,7 +17,7 @@ from rich.console import Console
 
 from bench.env import ROOT
 
-SCENARIOS = ("baseline", "eos", "alo", "textbook", "http")
+SCENARIOS = ("baseline", "eos", "scale", "alo", "textbook", "http")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few thousand payments, under ~2 minutes (smoke run)")
     p.add_argument("--payments", type=int, help="payments per in-process burst (raw loop and textbook agent too)")
+    p.add_argument("--workers", type=int,
+                   help="exactly_once workers sharing the partitions in the scale scenario (default 2)")
     p.add_argument("--http-payments", type=int, help="payments per HTTP-gateway burst")
     p.add_argument("--latency-seconds", type=float, help="length of each open-loop latency run")
     p.add_argument("--recovery-k", type=int, help="payments in the table for the recovery runs (e.g. 1000000)")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else DEFAULT
     changes: dict[str, object] = {}
     for name in ("payments", "http_payments", "latency_seconds", "recovery_k", "persistent_recovery",
-                 "warmup_payments"):
+                 "warmup_payments", "workers"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.gateway_latency_ms:

@@ -205,6 +205,28 @@ class Proc:
             return ""
 
 
+@dataclass
+class ProcGroup:
+    """Several processes measured as one (the workers of one app): alive while all are, CPU summed."""
+
+    name: str
+    procs: list[Proc]
+
+    def alive(self) -> bool:
+        return all(p.alive() for p in self.procs)
+
+    def stop(self, timeout: float = 45.0) -> None:
+        for p in self.procs:
+            p.stop(timeout)
+
+    def cpu_seconds(self) -> float | None:
+        values = [p.cpu_seconds() for p in self.procs]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(f"[{p.name}]\n{p.tail(lines)}" for p in self.procs)
+
+
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"

@@ -71,7 +71,8 @@ class Profile:
     latency_fractions: tuple[float, ...]
     recovery_k: int  # payments in the table when the worker restarts with empty local state
     gateway_latencies_ms: tuple[float, ...] = (50.0, 200.0)
-    scenarios: tuple[str, ...] = ("baseline", "eos", "alo", "textbook", "http")
+    scenarios: tuple[str, ...] = ("baseline", "eos", "scale", "alo", "textbook", "http")
+    workers: int = 2  # exactly_once workers sharing the partitions in the scale scenario
     persistent_recovery: bool = True  # also restart with faust's rocksdb store (when rocksdict is installed)
     # An unmeasured exactly_once burst before everything else: the first session after a broker
     # start ran ~20 % slower (the broker's JIT), which penalised whichever scenario came first.
@@ -206,7 +207,7 @@ class Bench:
             self.burst_messages = self._burst_messages("tpeos", self.p.payments)
         return self.burst_messages
 
-    def _throughput(self, label: str, phase: str, n: int, watcher: TerminalWatcher, worker: benv.Proc,
+    def _throughput(self, label: str, phase: str, n: int, watcher: TerminalWatcher, worker: benv.Proc | benv.ProcGroup,
                     pg_before: int, extra: dict[str, Any], messages: list[tuple[bytes, bytes]] | None = None,
                     postgres: bool = True) -> dict[str, Any]:
         """A burst of ``n`` encoded commands into a ready worker; payments/s to terminal events
@@ -372,6 +373,49 @@ class Bench:
                         proc.stop()
                 watcher.close()
         return max_rate
+
+    def run_scale(self, n: int) -> None:
+        """The exactly_once burst of ``run_inprocess`` (the same payments, the same bytes) into
+        ``n`` workers of one app sharing its partitions, each with its own web port and local
+        state: how far one machine's throughput grows with workers (CPU per payment summed
+        over the workers). Started one after the other, each ready (partitions assigned, tables
+        recovered) before the next, then probed on every partition so the group has settled."""
+        with self.scenario(f"scale: {n} exactly_once workers, in-process gateway"):
+            _, env = self._start_session("scale", processing_guarantee="exactly_once", simgw_in_process="true")
+            watcher = TerminalWatcher(self.s, from_beginning=True)
+            procs: list[benv.Proc] = []
+            try:
+                procs.append(benv.start_sink("sink-scale", env, self.log_dir))
+                workers: list[benv.Proc] = []
+                for i in range(n):
+                    port = int(env.get("PAYSTREAM_WEB_PORT", self.s.web_port)) if i == 0 else benv.free_port()
+                    wenv = {**env, "PAYSTREAM_WEB_PORT": str(port),
+                            "PAYSTREAM_DATADIR": f"{env['PAYSTREAM_DATADIR']}-{i}"}
+                    worker = benv.start_worker(f"worker-scale-{i}", wenv, self.log_dir)
+                    workers.append(worker)
+                    procs.append(worker)
+                    if benv.wait_ready(port, worker, 120) is None:
+                        raise benv.BenchError(f"worker-scale-{i} never became ready; log:\n{worker.tail()}")
+                group = benv.ProcGroup("workers-scale", workers)
+                probes = 8 * self.s.partitions  # payment ids hash over every partition
+                self._probe_many(watcher, "probescale", probes, group)
+                extra = {"guarantee": "exactly_once", "gateway": "in-process", "gateway_latency_ms": 0, "workers": n}
+                # the burst of the one-worker session, its payment ids included ("tpeos"): a new app, new topics
+                row = self._throughput(f"paystream exactly_once, {n} workers", "tpeos", self.p.payments, watcher,
+                                       group, probes, extra, self._shared_burst())
+                self.results.throughput.append(row)
+            finally:
+                for proc in procs:
+                    proc.stop()
+                watcher.close()
+
+    def _probe_many(self, watcher: TerminalWatcher, phase: str, count: int, proc: benv.Proc | benv.ProcGroup) -> None:
+        for i in range(count):
+            key, value = self.sender.encode(self.factory.create(phase, i))
+            self.sender.send_raw(key, value)
+        self.sender.flush()
+        if not watcher.wait_for(phase, count, 120, alive=proc.alive):
+            raise benv.BenchError(f"{phase}: {watcher.terminal_by_phase.get(phase, 0)} of {count} probes answered")
 
     def _sink_alone(self, env: dict[str, str], events: int) -> None:
         """Rows/s of the sink alone: a fresh consumer group over every event of the session."""
@@ -603,7 +647,7 @@ class Bench:
                 "persistent_recovery": self.p.persistent_recovery and self.rocksdb,
                 "partitions": self.s.partitions, "commit_interval_s": self.s.commit_interval_s,
                 "gateway_batch_size": self.s.gateway_batch_size, "sink_batch_size": self.s.sink_batch_size,
-                "warmup_payments": self.p.warmup_payments,
+                "warmup_payments": self.p.warmup_payments, "workers": self.p.workers,
                 "scenarios": list(self.p.scenarios),
             },
             "machine": benv.machine_facts(), "kafka_bootstrap": self.s.kafka_bootstrap,
@@ -618,6 +662,8 @@ class Bench:
             eos_max = None
             if "eos" in self.p.scenarios:
                 eos_max = self.run_inprocess("exactly_once", None)
+            if "scale" in self.p.scenarios and self.p.workers > 1:
+                self.run_scale(self.p.workers)
             if "alo" in self.p.scenarios:
                 self.run_inprocess("at_least_once", eos_max)
             if "textbook" in self.p.scenarios:

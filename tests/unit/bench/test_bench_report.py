@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from bench.cli import parse_args
@@ -201,3 +202,41 @@ def test_the_warm_up_is_named_in_the_parameters_only_when_there_was_one() -> Non
     results["meta"]["params"]["warmup_payments"] = 10_000
     assert ("an unmeasured exactly_once warm-up burst of 10,000 payments first."
             in markdown_summary(add_ratios(results), "python -m bench"))
+
+
+def test_several_workers_are_compared_with_one_not_with_the_textbook_agent() -> None:
+    data = sample()
+    # listed first on purpose: the one-worker figures must not be taken from it
+    data["throughput"].insert(0, {"name": "paystream exactly_once, 2 workers", "guarantee": "exactly_once",
+                                  "gateway": "in-process", "gateway_latency_ms": 0, "workers": 2, "answered": 2000,
+                                  "per_s": 300.0, "worker_cpu_ms": 1.5})
+    add_ratios(data)
+    scale, eos = data["throughput"][0], data["throughput"][1]
+    assert scale["vs_one_worker"] == pytest.approx(1.5)  # 300 ÷ the one worker's 200
+    assert scale["vs_textbook"] is None  # two workers against one textbook agent says nothing
+    assert data["vs_textbook"]["exactly_once"] == pytest.approx(200.0 / 80.0)
+    assert data["eos_vs_alo"] == pytest.approx(0.5)
+    assert "vs_one_worker" not in eos
+    other = dict(other_rows(data))
+    assert other["exactly_once, 2 workers ÷ one worker (throughput)"].startswith("1.5×")
+    assert "1.50 ms" in other["exactly_once, 2 workers ÷ one worker (throughput)"]
+
+
+def test_a_group_of_workers_sums_their_cpu_and_is_alive_while_all_are() -> None:
+    import subprocess
+    import sys
+
+    from bench.env import Proc, ProcGroup
+
+    procs = [Proc(f"p{i}", subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]), Path("/dev/null"))
+             for i in range(2)]
+    group = ProcGroup("pair", procs)
+    try:
+        assert group.alive()
+        cpu = group.cpu_seconds()
+        assert cpu is not None and cpu == pytest.approx(sum(p.cpu_seconds() or 0.0 for p in procs), abs=0.05)
+        procs[0].stop()
+        assert not group.alive()  # one worker gone: the group's burst would not finish
+        assert group.cpu_seconds() is None  # a process that is gone has no CPU to read
+    finally:
+        group.stop()
