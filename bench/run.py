@@ -410,10 +410,8 @@ class Bench:
                 watcher.close()
 
     def _probe_many(self, watcher: TerminalWatcher, phase: str, count: int, proc: benv.Proc | benv.ProcGroup) -> None:
-        for i in range(count):
-            key, value = self.sender.encode(self.factory.create(phase, i))
-            self.sender.send_raw(key, value)
-        self.sender.flush()
+        """``count`` payments of ``phase``, all answered (raises otherwise)."""
+        self.sender.burst(self._burst_messages(phase, count))
         if not watcher.wait_for(phase, count, 120, alive=proc.alive):
             raise benv.BenchError(f"{phase}: {watcher.terminal_by_phase.get(phase, 0)} of {count} probes answered")
 
