@@ -11,6 +11,8 @@ from typing import Any
 import fastavro
 import pytest
 from core_helpers import NOW, create_cmd
+from hypothesis import given
+from hypothesis import strategies as st
 
 from paystream.core.commands import (
     COMMAND_TYPES,
@@ -27,6 +29,7 @@ from paystream.core.commands import (
     RejectPayment,
     ReleasePayment,
     RemovePaymentMethod,
+    _canonical_json,
     command_type,
     fingerprint,
     from_avro,
@@ -255,3 +258,52 @@ def test_fingerprint_does_not_depend_on_metadata_order() -> None:
 def test_ids_that_cannot_be_published(payment_id: str, command_id: str, bad: list[str]) -> None:
     command = dataclasses.replace(create_cmd(), payment_id=payment_id, command_id=command_id)
     assert unpublishable_ids(command) == bad
+
+
+# Any JSON a command's canonical form can hold: texts over the whole of Unicode (DEL, control
+# characters and non-ASCII among them), integers past 64 bits, nested maps and lists.
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), _JSON, max_size=6))
+def test_canonical_json_is_byte_for_byte_json_dumps(value: dict[str, Any]) -> None:
+    # Fingerprints already stored in the idempotency table must keep matching: the fast path
+    # (orjson) may only be taken where its text is json's.
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert _canonical_json(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("metadata", "stored"),
+    [
+        # Digests made by the code before the orjson fast path (json.dumps alone): what
+        # idempotency records written by earlier releases hold. One with a non-ASCII text and DEL
+        # (json's path), one in plain ASCII (orjson's).
+        ((("cart", "\u00fc\x7f"), ("channel", "web")),
+         "6b6db4c786e32b687f0b79eb7298ab96fcb298f20d25aa8414756c02d37ff4fd"),
+        ((("channel", "web"),), "06b0052cd335ebbd2ec2c37cccc60fa9ea87f969cf23b3842866ee9eaec6894a"),
+    ],
+)
+def test_fingerprints_stored_by_earlier_releases_still_match(metadata: tuple[tuple[str, str], ...],
+                                                             stored: str) -> None:
+    command = Command("cmd_1", "pay_1", 1, "a", CreatePayment(
+        order_id="o1", customer_id="c1", amount=1250, currency="EUR", payment_method_token="tok_visa",
+        metadata=metadata))
+    assert fingerprint(command) == stored
+
+
+def test_validate_answers_each_command_object_for_itself() -> None:
+    # validate remembers its last verdict by identity: an equal-looking or changed command is
+    # checked again, never given another command's answer.
+    bad = _create(amount=0)
+    good = _create()
+    assert validate(bad) is not None
+    assert validate(good) is None
+    assert validate(bad) is not None and validate(bad) is validate(bad)
+    changed = dataclasses.replace(good, body=dataclasses.replace(good.body, currency="XXQ"))
+    assert validate(changed) is not None
+    assert validate(good) is None
