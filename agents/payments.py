@@ -77,6 +77,7 @@ def now_ms() -> int:
 
 
 @functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=256)
 def _ce_time(occurred_at_ms: int) -> bytes:
     # The events of one input share their time: formatted once, not once per event.
     return datetime.fromtimestamp(occurred_at_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z").encode()
@@ -518,7 +519,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
                 # A gateway slower than gateway_inline_max_latency_ms gets its calls through the
                 # executor at once (None: handed over), so a batch never waits on it.
                 tasks = [asyncio.ensure_future(execute(w.gateways, call, s.gateway_timeout_s, **gateway_options,
-                                                       unseal=lambda c: unseal_call(keyring, c)))
+                                                       unseal=processor.unseal_inline))
                          if limits.typical_latency_s(call.gateway) <= inline_max_latency_s else None
                          for _, call in work]
                 started = [t for t in tasks if t is not None]
@@ -575,6 +576,7 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
         nothing of a transaction lost to a rebalance (``lost``: while the inputs were applied)."""
         if inline_calls is not None:
             lost |= await make_inline_calls()
+        processor.forget_opened()  # the plaintext of the batch's sealed tokens, no longer needed
         lost |= await audit_batches.flush(lost)
         lost |= await batched_payments.flush(lost)
         lost |= await batched_idempotency.flush(lost)

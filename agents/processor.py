@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from paystream.core import commands as cmds
 from paystream.core import events as evs
@@ -76,6 +76,9 @@ class Sealer(Protocol):
     def encrypt(self, plaintext: str, aad: str) -> str: ...
 
     def decrypt(self, envelope: str, aad: str) -> str: ...
+
+
+_OPENED_MAX: Final = 4096  # envelopes whose plaintext a processor keeps until its batch ends
 
 
 def seal_call(sealer: Sealer | None, call: CallGateway) -> CallGateway:
@@ -244,6 +247,12 @@ class PaymentProcessor:
         # unknown, a fraud hold): its timer reads these instead of decoding the whole table
         # every tick. Entries recovered from the changelog are found by its periodic full scan.
         self.watched: set[str] = set()
+        # Envelopes this processor sealed lately, with their plaintext (bounded; emptied by
+        # ``forget_opened`` at each batch's end): a new payment's token is sealed once for its
+        # state and that same envelope rides on its first gateway call (same key, same
+        # associated data), and an inline call opens it without decrypting it again.
+        self._opened: dict[str, str] = {}
+        self._last_sealed: tuple[str, str, str] | None = None  # (payment id, plaintext, envelope)
 
     # ---------------------------------------------------------------- records
 
@@ -285,7 +294,45 @@ class PaymentProcessor:
                     body=body,
                 )
             )
-        out.calls.extend(seal_call(self.sealer, e) for e in decision.effects if isinstance(e, CallGateway))
+        out.calls.extend(self._seal_call(e) for e in decision.effects if isinstance(e, CallGateway))
+
+    def _seal_call(self, call: CallGateway) -> CallGateway:
+        token = call.payment_method_token
+        if token is None or self.sealer is None or is_envelope(token):
+            return call
+        envelope = self._sealed_for(call.payment_id, token)
+        if envelope is not None:
+            return dataclasses.replace(call, payment_method_token=envelope)
+        sealed = seal_call(self.sealer, call)
+        self._remember(sealed.payment_method_token, token)
+        return sealed
+
+    def _sealed_for(self, payment_id: str, token: str) -> str | None:
+        """The envelope sealed for ``payment_id``'s state just now, if it holds ``token``."""
+        recent = self._last_sealed
+        if recent is not None and recent[0] == payment_id and recent[1] == token:
+            return recent[2]
+        return None
+
+    def _remember(self, envelope: str | None, plaintext: str) -> None:
+        if envelope is None:
+            return
+        if len(self._opened) >= _OPENED_MAX:
+            self._opened.clear()
+        self._opened[envelope] = plaintext
+
+    def unseal_inline(self, call: CallGateway) -> CallGateway:
+        """``unseal_call`` for a call of this batch: an envelope sealed here opens from memory."""
+        token = call.payment_method_token
+        plaintext = self._opened.get(token) if token is not None else None
+        if plaintext is not None:
+            return dataclasses.replace(call, payment_method_token=plaintext)
+        return unseal_call(self.sealer, call)
+
+    def forget_opened(self) -> None:
+        """Drop the plaintexts of the envelopes sealed so far (at each batch's end)."""
+        self._opened.clear()
+        self._last_sealed = None
 
     def _reject(self, record: PaymentRecord, command: cmds.Command, rejection: Rejection, now: int,
                 out: Output) -> None:
@@ -402,6 +449,8 @@ class PaymentProcessor:
         if token is None or is_envelope(token):
             return state
         sealed = self.sealer.encrypt(token, payment_aad(state.payment_id))
+        self._last_sealed = (state.payment_id, token, sealed)
+        self._remember(sealed, token)
         return dataclasses.replace(state, payment_method_token=sealed)
 
     def _resolve_saved_method(self, body: cmds.CreatePayment) -> tuple[cmds.CreatePayment, SavedMethod] | Rejection:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import os
 import pstats
 import time
@@ -42,9 +41,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 30 entries by own time")
     args = parser.parse_args(argv)
 
-    from agents.gateway import execute, reply_input
+    from agents.gateway import execute, reply_bytes, reply_input
     from agents.payments import cloudevent_headers, event_audit_record
-    from agents.processor import PaymentProcessor, PaymentRecord, unseal_call
+    from agents.processor import PaymentProcessor, PaymentRecord
     from agents.routing import load_routing_file, make_router
     from bench.load import CommandFactory
     from gateway_clients.simulated.client import InProcessSimulatedGateway
@@ -99,9 +98,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         calls = list(out.calls)
         while calls:
             call = calls.pop(0)
-            reply = await execute(gateways, call, 5.0, unseal=lambda c: unseal_call(keyring, c))
+            reply = await execute(gateways, call, 5.0, unseal=processor.unseal_inline)
             applied = processor.handle_input(call.payment_id, reply_input(reply), time.time_ns() // 1_000_000, 0)
-            json.dumps(reply)
+            reply_bytes(reply)  # the applied reply, as the worker publishes it
             publish(applied)
             calls.extend(applied.calls)
 
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for n, value in enumerate(batch, 1):
             await one(value)
             if n % 256 == 0:
+                processor.forget_opened()  # as the worker does at each batch's end
                 await payments.flush()
                 await idempotency.flush()
         await payments.flush()

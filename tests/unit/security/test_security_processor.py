@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import Any
 
@@ -119,3 +120,43 @@ def test_without_keys_methods_cannot_be_saved() -> None:
     proc = PaymentProcessor({}, {}, methods={}, sealer=None)
     out = proc.handle_command(_add(), NOW)
     assert out.events[0].body.reason == "encryption_unavailable"  # type: ignore[union-attr]
+
+
+def test_a_new_payment_seals_its_token_once_and_an_inline_call_opens_it_from_memory() -> None:
+    proc, payments, _ = _processor()
+    body = cmds.CreatePayment(order_id="o", customer_id="c", amount=100, currency="USD",
+                              payment_method_token=TOKEN)
+    out = proc.handle_command(_command("pay_3", body, "c3"), NOW)
+    (call,) = out.calls
+    # The call carries the state's envelope (one encryption, the same key and associated data).
+    state_token = payments["pay_3"]["state"]["payment_method_token"]
+    assert call.payment_method_token == state_token and is_envelope(state_token)
+    assert unseal_call(RING, call).payment_method_token == TOKEN  # the executor can open it
+    assert proc.unseal_inline(call).payment_method_token == TOKEN
+    # At the batch's end the plaintexts are dropped; opening then decrypts, with the same answer.
+    proc.forget_opened()
+    assert proc._opened == {} and proc._last_sealed is None
+    assert proc.unseal_inline(call).payment_method_token == TOKEN
+
+
+def test_unseal_inline_does_not_trust_an_envelope_it_did_not_seal() -> None:
+    proc, _, _ = _processor()
+    other, _, _ = _processor()
+    body = cmds.CreatePayment(order_id="o", customer_id="c", amount=100, currency="USD",
+                              payment_method_token=TOKEN)
+    (call,) = other.handle_command(_command("pay_4", body, "c4"), NOW).calls
+    assert proc._opened == {}
+    assert proc.unseal_inline(call).payment_method_token == TOKEN  # decrypted, not remembered
+    sealed = call.payment_method_token or ""
+    tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+    forged = dataclasses.replace(call, payment_method_token=tampered)
+    assert proc.unseal_inline(forged).payment_method_token == tampered  # does not open: left sealed
+
+
+def test_the_remembered_plaintexts_are_bounded() -> None:
+    proc, _, _ = _processor()
+    for n in range(5000):
+        body = cmds.CreatePayment(order_id="o", customer_id="c", amount=100, currency="USD",
+                                  payment_method_token=f"tok_{n}")
+        proc.handle_command(_command(f"pay_{n}", body, f"c{n}"), NOW)
+    assert 0 < len(proc._opened) <= 4096
