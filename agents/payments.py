@@ -77,7 +77,6 @@ def now_ms() -> int:
 
 
 @functools.lru_cache(maxsize=256)
-@functools.lru_cache(maxsize=256)
 def _ce_time(occurred_at_ms: int) -> bytes:
     # The events of one input share their time: formatted once, not once per event.
     return datetime.fromtimestamp(occurred_at_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z").encode()

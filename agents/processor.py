@@ -252,7 +252,6 @@ class PaymentProcessor:
         # state and that same envelope rides on its first gateway call (same key, same
         # associated data), and an inline call opens it without decrypting it again.
         self._opened: dict[str, str] = {}
-        self._last_sealed: tuple[str, str, str] | None = None  # (payment id, plaintext, envelope)
 
     # ---------------------------------------------------------------- records
 
@@ -294,25 +293,20 @@ class PaymentProcessor:
                     body=body,
                 )
             )
-        out.calls.extend(self._seal_call(e) for e in decision.effects if isinstance(e, CallGateway))
+        out.calls.extend(self._seal_call(e, record.state) for e in decision.effects if isinstance(e, CallGateway))
 
-    def _seal_call(self, call: CallGateway) -> CallGateway:
+    def _seal_call(self, call: CallGateway, state: PaymentState | None) -> CallGateway:
+        """``seal_call``, reusing the envelope the payment's state got in this batch when it
+        holds the same token (the same key and associated data: one encryption, not two)."""
         token = call.payment_method_token
         if token is None or self.sealer is None or is_envelope(token):
             return call
-        envelope = self._sealed_for(call.payment_id, token)
-        if envelope is not None:
-            return dataclasses.replace(call, payment_method_token=envelope)
+        kept = state.payment_method_token if state is not None and state.payment_id == call.payment_id else None
+        if kept is not None and self._opened.get(kept) == token:
+            return dataclasses.replace(call, payment_method_token=kept)
         sealed = seal_call(self.sealer, call)
         self._remember(sealed.payment_method_token, token)
         return sealed
-
-    def _sealed_for(self, payment_id: str, token: str) -> str | None:
-        """The envelope sealed for ``payment_id``'s state just now, if it holds ``token``."""
-        recent = self._last_sealed
-        if recent is not None and recent[0] == payment_id and recent[1] == token:
-            return recent[2]
-        return None
 
     def _remember(self, envelope: str | None, plaintext: str) -> None:
         if envelope is None:
@@ -332,7 +326,6 @@ class PaymentProcessor:
     def forget_opened(self) -> None:
         """Drop the plaintexts of the envelopes sealed so far (at each batch's end)."""
         self._opened.clear()
-        self._last_sealed = None
 
     def _reject(self, record: PaymentRecord, command: cmds.Command, rejection: Rejection, now: int,
                 out: Output) -> None:
@@ -449,7 +442,6 @@ class PaymentProcessor:
         if token is None or is_envelope(token):
             return state
         sealed = self.sealer.encrypt(token, payment_aad(state.payment_id))
-        self._last_sealed = (state.payment_id, token, sealed)
         self._remember(sealed, token)
         return dataclasses.replace(state, payment_method_token=sealed)
 
