@@ -244,6 +244,19 @@ _NO_RETRY = RetryPolicy(max_tries=1)
 LATENCY_SAMPLE_CAP_S = 0.1  # a try counts at most this much in a gateway's typical latency
 
 
+def reply_latency(reply: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The gateway and the seconds of the one try a reply record reports, for ``GatewayLimits``
+    in a worker whose executor runs in other processes (it never sees those calls made). None
+    for a reply of several tries (its time includes backoff sleeps) or without a figure."""
+    meta = reply.get("meta")
+    if not isinstance(meta, Mapping):
+        return None
+    gateway, latency_ms, tries = meta.get("gateway"), meta.get("latency_ms"), meta.get("tries")
+    if not isinstance(gateway, str) or tries != 1 or isinstance(latency_ms, bool) or not isinstance(latency_ms, int):
+        return None
+    return gateway, max(0, latency_ms) / 1000
+
+
 class GatewayLimits:
     """At most ``per_gateway`` requests in flight to each gateway (by name), shared by every caller
     given the same instance: the payments agent's inline calls and the executor. Waiting here is

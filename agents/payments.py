@@ -28,7 +28,14 @@ from typing import Any
 import faust
 
 from agents import fraud as af
-from agents.gateway import GatewayExecutor, execute, executor_options, reply_bytes, reply_input
+from agents.gateway import (
+    GatewayExecutor,
+    execute,
+    executor_options,
+    reply_bytes,
+    reply_input,
+    reply_latency,
+)
 from agents.methods import MethodDirectory
 from agents.processor import (
     Output,
@@ -216,6 +223,19 @@ def timeout_verdict(record: PaymentRecord, ruleset_version: str) -> fr.FraudVerd
                               ruleset_version=ruleset_version)
     return fr.FraudVerdict(payment_id=st.payment_id, command_id=st.fraud.command_id, partition=record.partition,
                            observed_at=st.fraud.requested_at, outcome=outcome)
+
+
+def make_executor(s: Settings, gateways: Mapping[str, PaymentGateway], keyring: KeyRing | None,
+                  options: Mapping[str, Any] | None = None) -> GatewayExecutor:
+    """The gateway executor of app ``s.app_id``: in a worker (sharing the inline calls' limits,
+    ``options``) or on its own (``paystream gateway-executor``); every executor of an app is one
+    consumer group over the gateway-calls topic."""
+    return GatewayExecutor(
+        bootstrap=s.kafka_connection(), group=f"{s.app_id}-gateway", calls_topic=topics.gateway_calls(s.app_id),
+        replies_topic=topics.gateway_replies(s.app_id), gateways=gateways, timeout_s=s.gateway_timeout_s,
+        max_in_flight=s.gateway_batch_size, **(options if options is not None else executor_options(s, gateways)),
+        unseal=lambda call: unseal_call(keyring, call),
+    )
 
 
 def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> dict[str, Any]:
@@ -426,8 +446,13 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             metrics.child(metrics.COMMANDS, kind, "rejected" if rejected else "accepted").inc()
         await publish(event, out, actor=redact(command.origin), method_key=kind.endswith("PaymentMethod"))
 
+    gateway_options = executor_options(s, w.gateways)
+    limits = gateway_options["limits"]
+
     async def on_reply(event: Event) -> None:
         value = json.loads(event.message.value or b"{}")
+        if not s.gateway_executor_in_worker and (seen := reply_latency(value)) is not None:
+            limits.observe(*seen)  # the executor runs elsewhere: learn the gateway's latency from its replies
         out = processor.handle_input(value["payment_id"], reply_input(value), now_ms(), event.message.partition)
         note_ignored("reply", value["payment_id"], out)
         await publish(event, out)
@@ -480,13 +505,11 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
             log.exception("processing %s failed", event.message.topic)
             await dead_letter(event, "process", "internal_error", f"{type(exc).__name__}: {exc}")
 
-    gateway_options = executor_options(s, w.gateways)
     outcomes_topic_name = topics.gateway_outcomes(s.app_id)
     # Gateway calls decided by the inputs of the batch in hand (None: calls go to the executor).
     inline_calls: list[tuple[Any, Any]] | None = [] if s.gateway_inline else None
     inline_wait_s = s.gateway_inline_wait_ms / 1000
     inline_max_latency_s = s.gateway_inline_max_latency_ms / 1000
-    limits = gateway_options["limits"]
 
     async def make_inline_calls() -> set[str | None]:
         """Carry out the batch's gateway calls now, concurrently, and apply their replies in the
@@ -589,16 +612,12 @@ def install(app: faust.App, w: Wiring, *, fraud_ruleset_version: str = "") -> di
     async def payments(stream: faust.StreamT[bytes]) -> None:
         await guard.consume(stream)
 
-    executor = GatewayExecutor(
-        bootstrap=s.kafka_connection(), group=f"{s.app_id}-gateway", calls_topic=calls_topic_name,
-        replies_topic=topics.gateway_replies(s.app_id), gateways=w.gateways, timeout_s=s.gateway_timeout_s,
-        max_in_flight=s.gateway_batch_size, **gateway_options,
-        unseal=lambda call: unseal_call(keyring, call),
-    )
+    executor = make_executor(s, w.gateways, keyring, gateway_options)
 
-    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
-    async def gateway_executor() -> None:
-        await executor.run()
+    if s.gateway_executor_in_worker:
+        @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+        async def gateway_executor() -> None:
+            await executor.run()
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def method_directory() -> None:

@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--payments", type=int, help="payments per in-process burst (raw loop and textbook agent too)")
     p.add_argument("--workers", type=int,
                    help="exactly_once workers sharing the partitions in the scale scenario (default 2)")
+    p.add_argument("--executors", type=int,
+                   help="HTTP runs: gateway executors in processes of their own (default 0: inside the worker)")
     p.add_argument("--http-payments", type=int, help="payments per HTTP-gateway burst")
     p.add_argument("--latency-seconds", type=float, help="length of each open-loop latency run")
     p.add_argument("--recovery-k", type=int, help="payments in the table for the recovery runs (e.g. 1000000)")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else DEFAULT
     changes: dict[str, object] = {}
     for name in ("payments", "http_payments", "latency_seconds", "recovery_k", "persistent_recovery",
-                 "warmup_payments", "workers"):
+                 "warmup_payments", "workers", "executors"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.gateway_latency_ms:

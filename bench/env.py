@@ -249,6 +249,12 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path, loglevel: str = 
     return spawn(name, ["-m", "paystream.cli", "worker", "--loglevel", loglevel], env, log_dir)
 
 
+def start_executor(name: str, env: dict[str, str], log_dir: Path) -> Proc:
+    """A gateway executor on its own (``paystream gateway-executor``), for workers started with
+    ``PAYSTREAM_GATEWAY_EXECUTOR_IN_WORKER=false``."""
+    return spawn(name, ["-m", "paystream.cli", "gateway-executor"], env, log_dir)
+
+
 def start_textbook(name: str, env: dict[str, str], log_dir: Path, loglevel: str = "info") -> Proc:
     """The textbook faust agent (bench/textbook.py), the benchmark's second baseline.
 

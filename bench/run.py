@@ -73,6 +73,7 @@ class Profile:
     gateway_latencies_ms: tuple[float, ...] = (50.0, 200.0)
     scenarios: tuple[str, ...] = ("baseline", "eos", "scale", "alo", "textbook", "http")
     workers: int = 2  # exactly_once workers sharing the partitions in the scale scenario
+    executors: int = 0  # gateway executors of the HTTP runs in processes of their own (0: inside the worker)
     persistent_recovery: bool = True  # also restart with faust's rocksdb store (when rocksdict is installed)
     # An unmeasured exactly_once burst before everything else: the first session after a broker
     # start ran ~20 % slower (the broker's JIT), which penalised whichever scenario came first.
@@ -617,21 +618,31 @@ class Bench:
         with self.scenario("http: simulated gateway over HTTP"):
             port = benv.free_port()
             lat = self.p.gateway_latencies_ms
+            n_exec = self.p.executors
             _, env = self._start_session("http", processing_guarantee="exactly_once", simgw_in_process="false",
-                                         simgw_url=f"http://127.0.0.1:{port}")
+                                         simgw_url=f"http://127.0.0.1:{port}",
+                                         gateway_executor_in_worker="false" if n_exec else "true")
             with benv.running(benv.start_simgw(port, lat[0], lat[0] / 10, self.log_dir)) as procs:
                 watcher = TerminalWatcher(self.s, from_beginning=True)
                 try:
                     procs.append(benv.start_sink("sink-http", env, self.log_dir))
-                    worker, _ = self._ready_worker("worker-http", env, watcher, "probehttp")
-                    procs.append(worker)
+                    executors = [benv.start_executor(f"executor-http-{i}", env, self.log_dir) for i in range(n_exec)]
+                    procs.extend(executors)
+                    worker_proc, _ = self._ready_worker("worker-http", env, watcher, "probehttp")
+                    procs.append(worker_proc)
+                    # the CPU per payment counts the executors' processes with the worker's
+                    worker: benv.Proc | benv.ProcGroup = worker_proc
+                    if executors:
+                        worker = benv.ProcGroup("worker-http+executors", [worker_proc, *executors])
                     pg_before = 1
                     for ms in lat:
                         benv.set_simgw_latency(port, ms, ms / 10)
                         bound = serialised_bound(self.s.partitions, ms)
                         extra = {"guarantee": "exactly_once", "gateway": "HTTP", "gateway_latency_ms": ms,
-                                 "serialised_bound_per_s": round(bound, 1)}
-                        row = self._throughput(f"paystream HTTP gateway {ms:g} ms", f"tph{int(ms)}",
+                                 "serialised_bound_per_s": round(bound, 1), "separate_executors": n_exec}
+                        label = f"paystream HTTP gateway {ms:g} ms" + (f", {n_exec} executor(s) apart"
+                                                                        if n_exec else "")
+                        row = self._throughput(label, f"tph{int(ms)}",
                                                self.p.http_payments, watcher, worker, pg_before, extra)
                         row["x_serialised_bound"] = round(ratio(row["per_s"], bound) or 0, 1)
                         self.results.throughput.append(row)

@@ -159,6 +159,23 @@ def worker(loglevel: str) -> None:
     run_worker(get_settings(), loglevel)
 
 
+@main.command("gateway-executor",
+              help="Run a gateway executor on its own: it consumes the gateway-calls topic (the calls the payments "
+                   "agent hands over: slow gateways, reconciliation) and replies through the gateway-replies "
+                   "topic. For workers started with PAYSTREAM_GATEWAY_EXECUTOR_IN_WORKER=false; any number of "
+                   "them share the calls' partitions.")
+@click.option("--metrics-port", type=int, default=None, help="serve the gateway metrics on this port (/metrics)")
+def gateway_executor(metrics_port: int | None) -> None:
+    from paystream.logs import configure
+    from paystream.worker import ExecutorConfigError, run_gateway_executor
+
+    configure()
+    try:
+        run_gateway_executor(get_settings(), metrics_port)
+    except ExecutorConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command(help="Run the Postgres sink: payment.events and gateway replies → Postgres, in its own consumer group.")
 def sink() -> None:
     from paystream.logs import configure

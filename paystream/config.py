@@ -143,6 +143,10 @@ class Settings(BaseSettings):
         "worker. The simulated gateway's aiohttp pool holds this many connections. At 200 ms gateway latency it "
         "bounds one worker to 256 / 0.2 s = 1,280 calls/s (128: 640/s, and 525-578 payments/s in the benchmark "
         "against 692-717/s with 256)")
+    gateway_executor_in_worker: bool = Field(
+        True, description="run the gateway executor (the gateway-calls topic's consumer) inside each worker; false: "
+        "run it as its own processes (`paystream gateway-executor`), so slow gateways' HTTP calls take another "
+        "core's CPU and scale apart from the stateful payments agent")
     gateway_inline: bool = Field(
         True, description="the payments agent carries out the gateway calls its inputs decide in the same batch "
         "and transaction (concurrently, idempotency keys make a repeat safe); a call not answered within "

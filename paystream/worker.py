@@ -162,3 +162,55 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     log.info("starting worker %s: web %s:%d, %d partitions, %s", settings.app_id, settings.web_host,
              settings.web_port, settings.partitions, settings.processing_guarantee)
     app.main()
+
+
+class ExecutorConfigError(ValueError):
+    """A standalone gateway executor asked for with settings it cannot serve."""
+
+
+def run_gateway_executor(settings: Settings, metrics_port: int | None = None) -> None:
+    """The gateway executor on its own (``gateway_executor_in_worker`` false in the workers): the
+    same consumer group over the gateway-calls topic as in a worker, so any number of these
+    processes (and workers still running one) share its partitions. Gateway metrics on
+    ``metrics_port`` (/metrics); SIGTERM and SIGINT stop it after the calls in hand are cancelled
+    (their offsets stay uncommitted: the next owner makes them again, the gateway replays by key).
+    """
+    import signal
+
+    import prometheus_client
+
+    from agents.payments import load_keyring, make_executor
+    from paystream.logs import install_redaction
+
+    install_redaction()
+    if settings.simgw_in_process:
+        # The in-process simulated gateway keeps its idempotency store in its process: a call the
+        # worker tried inline and handed over would meet another store here and be made twice.
+        raise ExecutorConfigError("PAYSTREAM_SIMGW_IN_PROCESS: the in-process simulated gateway lives in the "
+                                  "worker; run the executor there (PAYSTREAM_GATEWAY_EXECUTOR_IN_WORKER=true)")
+    topics.ensure_topics(settings.kafka_connection(), settings.app_id, settings.partitions,
+                         settings=settings.topic_settings(), extra=fraud_changelogs(settings))
+    gateways = build_gateways(settings)
+    executor = make_executor(settings, gateways, load_keyring(settings))
+    if metrics_port is not None:
+        prometheus_client.start_http_server(metrics_port, addr=settings.web_host)
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(executor.run())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        log.info("gateway executor of %s: gateways %s, %d in flight", settings.app_id, sorted(gateways),
+                 settings.gateway_batch_size)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("gateway executor stopped after %d calls", executor.done)
+        finally:
+            for gw in gateways.values():
+                aclose = getattr(gw, "aclose", None)  # every client has one; not part of the protocol
+                if aclose is not None:
+                    await aclose()
+
+    asyncio.run(main())

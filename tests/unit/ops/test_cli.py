@@ -49,6 +49,7 @@ def run(*args: str, **env: str) -> Any:
 def test_the_command_tree_is_complete() -> None:
     """The commands README.md lists (so a removed one is noticed here, not by a user)."""
     expected = {("stack", "up"), ("stack", "down"), ("stack", "status"), ("stack", "compose"), ("worker",), ("sink",),
+                ("gateway-executor",),
                 ("config",), ("customers", "sink"), ("customers", "erase"), ("keys", "reencrypt"), ("audit", "sink"),
                 ("audit", "verify"),
                 ("db", "migrate"), ("db", "rebuild"), ("schemas", "register"), ("schemas", "check"),
@@ -56,6 +57,11 @@ def test_the_command_tree_is_complete() -> None:
                 ("send", "release"), ("send", "reject"), ("fraud", "block"), ("fraud", "unblock"), ("status",),
                 ("tail",), ("demo",)}
     assert set(LEAVES) == expected
+
+
+def test_a_standalone_gateway_executor_refuses_the_in_process_simulated_gateway() -> None:
+    result = CliRunner().invoke(cli.main, ["gateway-executor"], env={"PAYSTREAM_SIMGW_IN_PROCESS": "true"})
+    assert result.exit_code == 1 and "in-process simulated gateway lives in the worker" in result.output
 
 
 def test_keys_reencrypt_needs_keys_and_a_positive_batch_size(tmp_path: Path) -> None:
