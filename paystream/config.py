@@ -91,6 +91,18 @@ class Settings(BaseSettings):
         description="retention.ms of the working topics (payment.requests, payment.webhooks, gateway calls)",
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    eos_transactions: Literal["partition", "worker"] = Field(
+        "partition", description="exactly_once: one transactional producer per input partition (faust's way; a "
+        "partition's next owner fences a zombie by its transactional id) or one per worker, fenced by the consumer "
+        "group generation (KIP-447: TxnOffsetCommit v3; fewer requests per commit; a worker killed outright leaves "
+        "its open transaction to transaction_timeout_s). streams/worker_transactions.py")
+    worker_id: str | None = Field(
+        None, description="eos_transactions=worker: this worker's stable id, unique among live workers and kept "
+        "across its restarts (a restart then aborts its predecessor's open transaction at once); default "
+        "<hostname>-<web_port>")
+    transaction_timeout_s: float = Field(
+        10.0, gt=0, description="eos_transactions=worker: the broker aborts a transaction left open this long (a "
+        "worker killed outright); read_committed readers of its partitions wait that long at most")
     commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
     commit_when_idle: bool = Field(
         True, description="EOS: also commit as soon as the payments agent has no input waiting (latency at low "

@@ -69,4 +69,11 @@ def create_app(settings: Settings) -> faust.App:
     # Recovery probes the changelogs' tails with these settings (faust_fixes: exactly_once
     # recovery ends at the last committed record).
     faust_fixes.set_changelog_probe(app, kafka)
+    if settings.processing_guarantee == "exactly_once" and settings.eos_transactions == "worker":
+        import socket
+
+        from streams.worker_transactions import use_worker_transactions
+
+        worker_id = settings.worker_id or f"{socket.gethostname()}-{settings.web_port}"
+        use_worker_transactions(app, worker_id, int(settings.transaction_timeout_s * 1000))
     return app

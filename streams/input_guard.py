@@ -66,6 +66,9 @@ def transactional_id(app: faust.App, event: Any) -> str | None:
     """
     if event is None or not app.in_transaction:
         return None
+    worker = getattr(app, "_paystream_worker_tid", None)  # one transaction per worker (worker_transactions)
+    if worker is not None:
+        return cast(str, worker)
     m = event.message
     cache: dict[tuple[str, int], str] | None = getattr(app, "_paystream_tids", None)
     if cache is None:
