@@ -92,10 +92,11 @@ class Settings(BaseSettings):
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     eos_transactions: Literal["partition", "worker"] = Field(
-        "partition", description="exactly_once: one transactional producer per input partition (faust's way; a "
-        "partition's next owner fences a zombie by its transactional id) or one per worker, fenced by the consumer "
-        "group generation (KIP-447: TxnOffsetCommit v3; fewer requests per commit; a worker killed outright leaves "
-        "its open transaction to transaction_timeout_s). streams/worker_transactions.py")
+        "worker", description="exactly_once: one transactional producer per worker, fenced by the consumer group "
+        "generation (KIP-447: TxnOffsetCommit v3; a third of the requests per commit; a worker killed outright "
+        "leaves its open transaction to transaction_timeout_s), or one per input partition (faust's way: a "
+        "partition's next owner fences a zombie by its transactional id). Never mix the two in one app: switch "
+        "with all its workers stopped. streams/worker_transactions.py, docs/reliability.md")
     worker_id: str | None = Field(
         None, description="eos_transactions=worker: this worker's stable id, unique among live workers and kept "
         "across its restarts (a restart then aborts its predecessor's open transaction at once); default "

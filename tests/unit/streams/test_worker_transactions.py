@@ -77,7 +77,8 @@ def test_worker_mode_gives_every_partition_the_workers_one_transaction() -> None
 
 
 def test_partition_mode_keeps_fausts_transactional_ids() -> None:
-    app: Any = _worker_app(Settings(kafka_bootstrap="127.0.0.1:9", app_id="parts"))
+    assert Settings(kafka_bootstrap="127.0.0.1:9").eos_transactions == "worker"  # the default
+    app: Any = _worker_app(Settings(kafka_bootstrap="127.0.0.1:9", app_id="parts", eos_transactions="partition"))
     assert wt.worker_tid(app) is None
     assert "transaction_timeout_ms" not in app.producer._settings_extra()
     # faust's own naming, per partition group and partition, for what the patch hands on
