@@ -1,6 +1,6 @@
 """streams/worker_transactions.py without a broker: the TxnOffsetCommit v3 request's bytes, and
 what "worker" mode changes in a faust app (one transactional id for every partition, the
-transaction timeout of its producer). tests/integration/test_worker_transactions.py checks the
+transaction timeout of its producer). tests/integration/test_kip447_fencing.py checks the
 fencing itself against Kafka."""
 
 from __future__ import annotations
