@@ -37,6 +37,7 @@ from paystream import metrics
 from paystream.transport import KafkaTarget, as_kafka
 from streams import faust_fixes
 from streams.faust_fixes import commit_lock
+from streams.worker_transactions import worker_tid
 
 log = logging.getLogger("paystream.input_guard")
 
@@ -66,9 +67,9 @@ def transactional_id(app: faust.App, event: Any) -> str | None:
     """
     if event is None or not app.in_transaction:
         return None
-    worker = getattr(app, "_paystream_worker_tid", None)  # one transaction per worker (worker_transactions)
+    worker = worker_tid(app)  # one transaction for all the worker's partitions (the default)
     if worker is not None:
-        return cast(str, worker)
+        return worker
     m = event.message
     cache: dict[tuple[str, int], str] | None = getattr(app, "_paystream_tids", None)
     if cache is None:
