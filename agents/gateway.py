@@ -422,8 +422,9 @@ class GatewayExecutor:
                  retry: RetryPolicy | None = None, breakers: Breakers | None = None,
                  disabled: frozenset[str] = frozenset(),
                  unseal: Callable[[CallGateway], CallGateway] | None = None,
-                 limits: GatewayLimits | None = None) -> None:
+                 limits: GatewayLimits | None = None, client_id: str | None = None) -> None:
         self.kafka = as_kafka(bootstrap)
+        self.client_id = client_id  # names this executor's consumer in the group (None: aiokafka's)
         self.group = group
         self.calls_topic = calls_topic
         self.replies_topic = replies_topic
@@ -452,8 +453,9 @@ class GatewayExecutor:
 
         from tables import codec
 
+        named = {"client_id": self.client_id} if self.client_id else {}
         consumer = AIOKafkaConsumer(
-            self.calls_topic, **self.kafka.aiokafka(), group_id=self.group,
+            self.calls_topic, **self.kafka.aiokafka(), **named, group_id=self.group,
             isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,  # a killed worker's calls move on soon
         )

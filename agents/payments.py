@@ -226,11 +226,13 @@ def timeout_verdict(record: PaymentRecord, ruleset_version: str) -> fr.FraudVerd
 
 
 def make_executor(s: Settings, gateways: Mapping[str, PaymentGateway], keyring: KeyRing | None,
-                  options: Mapping[str, Any] | None = None) -> GatewayExecutor:
+                  options: Mapping[str, Any] | None = None, *, standalone: bool = False) -> GatewayExecutor:
     """The gateway executor of app ``s.app_id``: in a worker (sharing the inline calls' limits,
-    ``options``) or on its own (``paystream gateway-executor``); every executor of an app is one
-    consumer group over the gateway-calls topic."""
+    ``options``) or on its own (``standalone``: ``paystream gateway-executor``); every executor of
+    an app is one consumer group over the gateway-calls topic, where the client id tells which is
+    which."""
     return GatewayExecutor(
+        client_id=f"{s.app_id}-gateway-executor-{'standalone' if standalone else 'worker'}",
         bootstrap=s.kafka_connection(), group=f"{s.app_id}-gateway", calls_topic=topics.gateway_calls(s.app_id),
         replies_topic=topics.gateway_replies(s.app_id), gateways=gateways, timeout_s=s.gateway_timeout_s,
         max_in_flight=s.gateway_batch_size, **(options if options is not None else executor_options(s, gateways)),

@@ -191,7 +191,7 @@ def run_gateway_executor(settings: Settings, metrics_port: int | None = None) ->
     topics.ensure_topics(settings.kafka_connection(), settings.app_id, settings.partitions,
                          settings=settings.topic_settings(), extra=fraud_changelogs(settings))
     gateways = build_gateways(settings)
-    executor = make_executor(settings, gateways, load_keyring(settings))
+    executor = make_executor(settings, gateways, load_keyring(settings), standalone=True)
     if metrics_port is not None:
         prometheus_client.start_http_server(metrics_port, addr=settings.web_host)
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
