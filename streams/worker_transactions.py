@@ -198,20 +198,11 @@ def worker_tid(app: Any) -> str | None:
     return tid
 
 
-_original_tps_to_tids = faust_consumer.TransactionManager._tps_to_transactional_ids
 _original_send = faust_consumer.TransactionManager.send
 _original_commit = faust_consumer.TransactionManager.commit
 _original_revoked = faust_consumer.TransactionManager.on_partitions_revoked
 _original_on_rebalance = faust_consumer.TransactionManager.on_rebalance
 _original_settings_extra = faust_aiokafka.Producer._settings_extra
-
-
-def _tps_to_tids(self: Any, tps: Any) -> set[str]:
-    tids: set[str] = _original_tps_to_tids(self, tps)
-    tid = worker_tid(self.app)
-    if tid is None:
-        return tids
-    return {tid} if tids else set()
 
 
 async def _send(self: Any, topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any, *,
@@ -282,7 +273,6 @@ def apply() -> None:
         return
     aiokafka_sender.TxnOffsetCommitHandler = _Kip447OffsetsHandler
     tm = faust_consumer.TransactionManager
-    tm._tps_to_transactional_ids = _tps_to_tids  # type: ignore[method-assign]
     tm.send = _send  # type: ignore[method-assign]
     tm.commit = _commit  # type: ignore[method-assign]
     tm.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]

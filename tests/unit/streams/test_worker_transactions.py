@@ -81,12 +81,35 @@ def test_partition_mode_keeps_fausts_transactional_ids() -> None:
     app: Any = _worker_app(Settings(kafka_bootstrap="127.0.0.1:9", app_id="parts", eos_transactions="partition"))
     assert wt.worker_tid(app) is None
     assert "transaction_timeout_ms" not in app.producer._settings_extra()
-    # faust's own naming, per partition group and partition, for what the patch hands on
-    manager = SimpleNamespace(app=app, transactional_id_format="{group_id}-{tpg.group}-{tpg.partition}",
-                              _tps_to_active_tpgs=lambda tps: [SimpleNamespace(group=0, partition=p) for p in tps])
-    assert wt._tps_to_tids(manager, {0, 1}) == {"parts-0-0", "parts-0-1"}
-    worker: Any = _worker_app(Settings(kafka_bootstrap="127.0.0.1:9", app_id="w", eos_transactions="worker",
-                                       worker_id="x"))
-    manager.app = worker
-    assert wt._tps_to_tids(manager, {0, 1}) == {"w-worker-x"}
-    assert wt._tps_to_tids(manager, set()) == set()
+
+
+class _Producers:
+    def __init__(self) -> None:
+        self._transaction_producers: dict[str, object] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    async def maybe_begin_transaction(self, tid: str) -> None:
+        self.calls.append(("begin", tid))
+        self._transaction_producers[tid] = object()
+
+    async def stop_transaction(self, tid: str) -> None:
+        self.calls.append(("stop", tid))
+        self._transaction_producers.pop(tid, None)
+
+
+def test_a_rebalance_keeps_the_workers_producer_while_it_has_partitions() -> None:
+    import asyncio
+
+    app: Any = _worker_app(Settings(kafka_bootstrap="127.0.0.1:9", app_id="rb", eos_transactions="worker",
+                                    worker_id="w1"))
+    producers = _Producers()
+    manager = SimpleNamespace(app=app, producer=producers)
+
+    async def rebalances() -> None:
+        await wt._on_rebalance(manager, {1, 2, 3}, set(), {1, 2, 3})  # first assignment: started
+        await wt._on_rebalance(manager, {1}, {2, 3}, set())  # two revoked, one kept: the same producer
+        await wt._on_rebalance(manager, {1, 4}, set(), {4})
+        await wt._on_rebalance(manager, set(), {1, 4}, set())  # nothing left: closed
+
+    asyncio.run(rebalances())
+    assert producers.calls == [("begin", "rb-worker-w1"), ("stop", "rb-worker-w1")]
