@@ -5,10 +5,11 @@ faust gives every input partition a transactional producer of its own (transacti
 is fenced when the partition's new owner starts a producer under the same id. The price is paid
 on every commit: each partition's producer sends AddOffsetsToTxn, TxnOffsetCommit and EndTxn,
 and each batch a produce request per partition. ``python -m bench.rates --rates 600`` with one
-producer for the worker's four partitions: commits' transaction phase 8-9 ms against 14-16 ms,
-event p99 245-260 ms against 341-395 ms (docs/performance.md, session 12).
+producer for the worker's four partitions: commits' transaction phase 7.6-11.2 ms against
+13.0-16.7 ms, event p99 lower in most runs (median 260 against 383 ms; docs/performance.md,
+Session 12).
 
-With ``PAYSTREAM_EOS_TRANSACTIONS=worker`` every partition of a worker shares one transaction
+With ``PAYSTREAM_EOS_TRANSACTIONS=worker`` (the default) every partition of a worker shares one transaction
 under a stable id (``<app>-worker-<worker id>``) and zombies are fenced the KIP-447 way: the
 transaction's input offsets are committed with TxnOffsetCommit v3, which carries the consumer
 group generation and member id, and the group coordinator refuses a member that is no longer in
