@@ -16,22 +16,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka.partitioner import murmur2
 from confluent_kafka.admin import AdminClient
 
 from tests.conftest import Proc, free_port, worker_env
 from tests.integration.test_gateway_routing import ledger, terminal
 from tests.integration.test_inline_gateway import records_of
+from tests.integration.test_web_two_workers import partition_of
 from tests.support.kafka_tools import create_cmd
 from tests.support.waits import wait_for
 
 APP_ID = os.environ.get("PAYSTREAM_APP_ID", "paystream")
 GROUP = f"{APP_ID}-gateway"
 CALLS = f"{APP_ID}-gateway-calls"
-
-
-def partition_of(key: str, partitions: int) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def assignments(bootstrap: str) -> dict[str, set[int]]:
