@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     transaction_timeout_s: float = Field(
         10.0, gt=0, description="eos_transactions=worker: the broker aborts a transaction left open this long (a "
         "worker killed outright); read_committed readers of its partitions wait that long at most")
+    consumer_in_loop: bool = Field(
+        True, description="run faust's Kafka consumer in the worker's event loop instead of a thread of its own "
+        "(no cross-thread hand-over per fetch and commit; its heartbeats then share the loop with the agent); "
+        "false: faust's consumer thread. streams/inloop_consumer.py")
     commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
     commit_when_idle: bool = Field(
         True, description="EOS: also commit as soon as the payments agent has no input waiting (latency at low "

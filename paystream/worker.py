@@ -159,8 +159,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     metrics.install_gc_metrics()
     metrics.tune_gc(settings.gc_young_threshold)
-    log.info("starting worker %s: web %s:%d, %d partitions, %s", settings.app_id, settings.web_host,
-             settings.web_port, settings.partitions, settings.processing_guarantee)
+    layout = ("consumer in the loop" if settings.consumer_in_loop else "consumer in its thread") + (
+        f", one transaction per {settings.eos_transactions}" if settings.processing_guarantee == "exactly_once" else "")
+    log.info("starting worker %s: web %s:%d, %d partitions, %s (%s)", settings.app_id, settings.web_host,
+             settings.web_port, settings.partitions, settings.processing_guarantee, layout)
     app.main()
 
 

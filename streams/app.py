@@ -69,6 +69,10 @@ def create_app(settings: Settings) -> faust.App:
     # Recovery probes the changelogs' tails with these settings (faust_fixes: exactly_once
     # recovery ends at the last committed record).
     faust_fixes.set_changelog_probe(app, kafka)
+    if settings.consumer_in_loop:
+        from streams.inloop_consumer import use_consumer_in_loop
+
+        use_consumer_in_loop(app)
     if settings.processing_guarantee == "exactly_once" and settings.eos_transactions == "worker":
         import socket
 

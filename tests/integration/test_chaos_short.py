@@ -58,21 +58,24 @@ def test_chaos_short(name: str, chaos_env: dict[str, str], tmp_path: Path) -> No
     assert not violations, f"{report.summary_line()}\n{report.details(limit=20)}"
 
 
-# faust's own exactly-once layout, one transactional producer per input partition
+# faust's own layout: one transactional producer per input partition
 # (PAYSTREAM_EOS_TRANSACTIONS=partition; the default is one per worker, fenced by group
-# generation, KIP-447): the scenarios that kill and move workers, where the two differ. (All
-# seven passed in both modes on the session-12 code; these two run in partition mode in every
-# `make test`, the rest with `PAYSTREAM_EOS_TRANSACTIONS=partition make chaos`.)
-PARTITION_MODE = ["worker-kill", "rebalance"]
+# generation, KIP-447) and the consumer in a thread of its own (PAYSTREAM_CONSUMER_IN_LOOP=false;
+# the default runs it in the worker's loop): the scenarios that kill and move workers, where the
+# layouts differ. (All seven passed in partition mode on the session-12 code and with the
+# consumer in the loop on session 13's; these two run in faust's layout in every `make test`, the
+# rest with `PAYSTREAM_EOS_TRANSACTIONS=partition PAYSTREAM_CONSUMER_IN_LOOP=false make chaos`.)
+FAUST_LAYOUT = ["worker-kill", "rebalance"]
 
 
-@pytest.mark.parametrize("name", PARTITION_MODE)
-def test_chaos_short_one_transaction_per_partition(name: str, chaos_env: dict[str, str], tmp_path: Path) -> None:
-    env = {**chaos_env, "PAYSTREAM_EOS_TRANSACTIONS": "partition"}
+@pytest.mark.parametrize("name", FAUST_LAYOUT)
+def test_chaos_short_fausts_own_layout(name: str, chaos_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**chaos_env, "PAYSTREAM_EOS_TRANSACTIONS": "partition", "PAYSTREAM_CONSUMER_IN_LOOP": "false"}
     report = run_scenario(name, short=True, outdir=tmp_path, env=env)
     print(report.summary_line())
     assert report.results > 0 and report.payments > 0, f"no traffic went through:\n{report.details()}"
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("worker-*.log"))
     assert "starting transactional producer" not in logs, "the workers ran one transaction per worker"
+    assert "(consumer in its thread, one transaction per partition)" in logs, logs[-3000:]
     violations = {k: v for k, v in report.failures().items() if v}
     assert not violations, f"{report.summary_line()}\n{report.details(limit=20)}"
