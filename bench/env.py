@@ -112,6 +112,29 @@ def reset_kafka(settings: Settings, app_id: str) -> list[str]:
     return deleted
 
 
+def hand_back(settings: Settings) -> list[str]:
+    """Leave the stack as a fresh one for its own app (``make demo``, the tests): the payment topics
+    recreated empty, the benchmark's topics gone, the sink's tables empty, and the consumer groups
+    of the stack's app and of the benchmark's sessions deleted. Without it the next demo worker
+    read the benchmark's last commands first (tens of thousands) before the demo's own.
+    Returns the groups it could not delete (one with live members)."""
+    reset_kafka(settings, settings.app_id)
+    truncate_sink_tables(settings)
+    adm = admin(settings)
+    mine = (settings.app_id, BENCH_TOPIC_PREFIX, settings.sink_group, settings.vault_sink_group,
+            settings.audit_sink_group)
+    groups = [g.group_id for g in adm.list_consumer_groups(request_timeout=10).result().valid
+              if g.group_id.startswith(mine)]
+    busy: list[str] = []
+    if groups:
+        for group, fut in adm.delete_consumer_groups(groups, request_timeout=30).items():
+            try:
+                fut.result()
+            except Exception:
+                busy.append(group)
+    return busy
+
+
 def wait_leaders(settings: Settings, names: Iterable[str], timeout: float = 60.0) -> None:
     """Until every partition of ``names`` has a leader that answers (a freshly created topic
     answers NOT_LEADER_FOR_PARTITION for a moment)."""

@@ -684,6 +684,9 @@ class Bench:
                 self.run_textbook()
             if "http" in self.p.scenarios:
                 self.run_http()
+        busy = benv.hand_back(self.s)
+        self.say("stack handed back: payment topics recreated empty, the benchmark's topics, sink rows and "
+                 "consumer groups gone" + (f" (still in use, kept: {', '.join(busy)})" if busy else ""))
         self.results.meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         self.results.meta["duration_s"] = round(time.monotonic() - t0, 1)
         shutil.rmtree(self.data_dir, ignore_errors=True)
