@@ -195,7 +195,7 @@ def current_assignment(app: faust.App) -> Collection[tuple[str, int]]:
     per input); a (topic, partition) tuple is found in either, the same way."""
     thread = getattr(app.consumer, "_thread", None)
     ensure = getattr(thread, "_ensure_consumer", None)
-    if ensure is None:  # not the threaded aiokafka consumer: faust's own answer
+    if ensure is None:  # not faust's aiokafka consumer (in its thread or in the loop): faust's own answer
         return cast(Collection[tuple[str, int]], app.consumer.assignment())
     return cast(Collection[tuple[str, int]], ensure().assignment())
 

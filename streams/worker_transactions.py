@@ -177,7 +177,7 @@ def register_member(group_id: str, member: Callable[[], GroupMember | None]) -> 
 
 
 def faust_member(app: Any) -> Callable[[], GroupMember | None]:
-    """The faust consumer's group membership (read from its thread's aiokafka coordinator)."""
+    """The faust consumer's group membership (read from its aiokafka coordinator)."""
 
     def member() -> GroupMember | None:
         thread = getattr(app.consumer, "_thread", None)
