@@ -34,7 +34,7 @@ from bench.load import CommandFactory, CommandSender, TerminalWatcher, open_loop
 from bench.stats import latencies_from, summarize
 from paystream.config import get_settings
 
-METRIC_LINE = re.compile(r"(paystream_(?:input_batch|commit)\S*?)(\{[^}]*\})? (\S+)")
+METRIC_LINE = re.compile(r"(paystream_(?:input_batch|commit|gc_pause)\S*?)(\{[^}]*\})? (\S+)")
 PROCESS_NAMES = (("kafka.Kafka", "broker"), ("paystream.cli worker", "worker"), ("paystream.cli sink", "sink"),
                  ("postgres", "postgres"), ("bench.rates", "load + watcher"))
 
@@ -82,6 +82,15 @@ def phase_line(before: Mapping[str, float], after: Mapping[str, float]) -> str:
     for phase in ("changelog", "transactions"):
         total = delta(f'paystream_commit_seconds_sum{{phase="{phase}"}}')
         parts.append(f"commit {phase} {1000 * total / max(commits, 1):.1f} ms")
+    gcs = []
+    for gen in ("0", "1", "2"):
+        n = delta(f'paystream_gc_pause_seconds_count{{generation="{gen}"}}')
+        if n:
+            total = delta(f'paystream_gc_pause_seconds_sum{{generation="{gen}"}}')
+            over = n - delta(f'paystream_gc_pause_seconds_bucket{{generation="{gen}",le="0.01"}}')
+            gcs.append(f"gen{gen} {n:.0f}× {1000 * total / n:.1f} ms ({over:.0f} over 10 ms)")
+    if gcs:
+        parts.append("GC " + ", ".join(gcs))
     return f"{commits:.0f} commits; " + ", ".join(parts)
 
 
