@@ -29,6 +29,23 @@ def test_the_batch_and_commit_phases_are_averaged_over_the_run_only() -> None:
     assert "age 0.0 ms (×0)" in line  # a phase with no sample in the run says so, never divides by zero
 
 
+def test_gc_pauses_are_counted_per_generation_over_the_run() -> None:
+    before = {'paystream_gc_pause_seconds_count{generation="0"}': 5.0,
+              'paystream_gc_pause_seconds_sum{generation="0"}': 0.02,
+              'paystream_gc_pause_seconds_bucket{generation="0",le="0.01"}': 5.0,
+              'paystream_gc_pause_seconds_count{generation="1"}': 1.0,
+              'paystream_gc_pause_seconds_sum{generation="1"}': 0.03,
+              'paystream_gc_pause_seconds_bucket{generation="1",le="0.01"}': 0.0}
+    after = {**before,
+             'paystream_gc_pause_seconds_count{generation="0"}': 15.0,
+             'paystream_gc_pause_seconds_sum{generation="0"}': 0.07,  # 10 pauses, 50 ms: 5 ms each
+             'paystream_gc_pause_seconds_bucket{generation="0",le="0.01"}': 14.0,  # one over 10 ms
+             }  # generation 1 did not run in the window: not shown
+    line = phase_line(before, after)
+    assert line.endswith("GC gen0 10× 5.0 ms (1 over 10 ms)")
+    assert METRIC_LINE.match('paystream_gc_pause_seconds_bucket{generation="2",le="0.01"} 3.0') is not None
+
+
 def test_metric_lines_with_and_without_labels_are_read() -> None:
     m = METRIC_LINE.match('paystream_input_batch_seconds_sum{phase="age"} 1.25')
     assert m is not None and (m.group(1), m.group(2), m.group(3)) == (
