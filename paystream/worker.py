@@ -145,10 +145,24 @@ def use_json_logging(app: faust.App, loglevel: str) -> list[str]:
     return ["paystream-worker", "--quiet", "worker", "--loglevel", loglevel]
 
 
+def use_event_loop(name: str) -> None:
+    """Make the loops created from now on uvloop's (libuv: the loop's own socket writes, polling,
+    callbacks and futures in C) or asyncio's own."""
+    import asyncio
+
+    if name == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(None)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     from paystream.logs import install_redaction
 
     install_redaction()
+    use_event_loop(settings.event_loop)  # before anything asks for a loop: faust binds to the first
     prepare(settings)
     app, _ = build_app(settings)
     sys.argv = use_json_logging(app, loglevel)
@@ -159,10 +173,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     metrics.install_gc_metrics()
     metrics.tune_gc(settings.gc_young_threshold)
-    layout = ("consumer in the loop" if settings.consumer_in_loop else "consumer in its thread") + (
-        f", one transaction per {settings.eos_transactions}" if settings.processing_guarantee == "exactly_once" else "")
+    layout = ["consumer in the loop" if settings.consumer_in_loop else "consumer in its thread"]
+    if settings.processing_guarantee == "exactly_once":
+        layout.append(f"one transaction per {settings.eos_transactions}")
+    layout.append(settings.event_loop)
     log.info("starting worker %s: web %s:%d, %d partitions, %s (%s)", settings.app_id, settings.web_host,
-             settings.web_port, settings.partitions, settings.processing_guarantee, layout)
+             settings.web_port, settings.partitions, settings.processing_guarantee, ", ".join(layout))
     app.main()
 
 
