@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         "false: faust's consumer thread. streams/inloop_consumer.py")
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", description="the worker's event loop: uvloop (libuv: the loop's own socket writes, polling, "
-        "callbacks and futures in C; 5-7 % less worker CPU per payment in bursts) or asyncio's own")
+        "callbacks and futures in C; 5-9 % less worker CPU per payment in bursts) or asyncio's own")
     commit_interval_s: float = Field(0.1, description="how often the worker commits (EOS transactions)")
     commit_when_idle: bool = Field(
         True, description="EOS: also commit as soon as the payments agent has no input waiting (latency at low "
