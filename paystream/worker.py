@@ -167,7 +167,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     app, _ = build_app(settings)
     sys.argv = use_json_logging(app, loglevel)
     # With PAYSTREAM_CONSUMER_IN_LOOP=false faust runs its Kafka consumer in a thread of its own
-    # (recovery's bulk loader and the gateway clients' DNS use threads too). At CPython's default 5 ms switch
+    # (recovery's bulk loader runs in threads too). At CPython's default 5 ms switch
     # interval, each socket write of the event loop thread (which releases the GIL) waited up
     # to 5 ms to get the GIL back from that thread: py-spy saw the worker "in" socket writes a
     # fifth of the time while it held the GIL less than half of it. Throughput about doubled.
